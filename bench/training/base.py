@@ -1,0 +1,155 @@
+"""The training loop every method shares; a method only defines its loss.
+
+The loop owns what the paper fixes for all methods (Appendix A): the optimizer and its lr
+decay, the smoothed eps ramp (auto_LiRPA's ``SmoothedScheduler``), gradient clipping, and the
+pruning mask, re-applied after every step. Inputs reach the loss already normalized, together
+with the L-inf box in normalized coordinates, because normalization stays outside the model
+that is bounded.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from bench.config import BuildConfig
+from bench.lirpa_compat import auto_LiRPA  # noqa: F401  (patches before the scheduler import)
+from auto_LiRPA.eps_scheduler import SmoothedScheduler
+from bench.pruning.mask import Mask, apply_mask, mask_gradients
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # normalized inputs
+    y: torch.Tensor
+    lower: torch.Tensor  # the eps box, clipped to the valid pixel range, normalized
+    upper: torch.Tensor
+    eps: float  # the current eps in pixel units
+    eps_fraction: float  # eps / final eps: how far the ramp has come (0 before it starts)
+
+
+class Trainer(ABC):
+    """One training method. Subclasses are registered in ``bench.training.TRAINERS``."""
+
+    uses_eps: bool = True  # natural training ignores eps
+
+    def __init__(self, config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...],
+                 num_classes: int):
+        self.config = config
+        self.model = model
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+
+    @abstractmethod
+    def loss(self, batch: Batch) -> torch.Tensor: ...
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def finish(self) -> None:
+        """Called after the last epoch: write back anything kept outside ``self.model``."""
+
+
+@dataclass
+class TrainLog:
+    epochs: int = 0
+    final_loss: float = float("nan")
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Normalizer:
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def box(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        lower = (x - eps).clamp(0.0, 1.0)
+        upper = (x + eps).clamp(0.0, 1.0)
+        return self(lower), self(upper)
+
+
+def make_optimizer(config: BuildConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_eps_scheduler(config: BuildConfig, batches_per_epoch: int) -> SmoothedScheduler:
+    scheduler = SmoothedScheduler(
+        config.eps,
+        f"start={config.eps_start_epoch},length={config.eps_length},mid={config.eps_mid}",
+    )
+    scheduler.set_epoch_length(batches_per_epoch)
+    scheduler.train()
+    return scheduler
+
+
+def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tensor,
+        normalizer: Normalizer, generator: torch.Generator, desc: str = "train",
+        progress: bool = True) -> TrainLog:
+    """Train ``trainer.model`` in place for ``config.epochs`` epochs under ``mask``."""
+    import time
+
+    config = trainer.config
+    model = trainer.model
+    n = train_x.shape[0]
+    batches = max(1, n // config.batch_size)  # drop the last partial batch, as the reference does
+    optimizer = make_optimizer(config, list(trainer.parameters()))
+    lr_decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones,
+                                                    config.lr_gamma)
+    eps_scheduler = make_eps_scheduler(config, batches)
+    log = TrainLog()
+    start = time.perf_counter()
+    apply_mask(model, mask)
+    model.train()
+    epochs = tqdm(range(config.epochs), desc=desc, unit="epoch", disable=not progress,
+                  leave=False)
+    for _ in epochs:
+        eps_scheduler.step_epoch(verbose=True)
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for b in range(batches):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            x, y = train_x[idx], train_y[idx]
+            eps_scheduler.step_batch()
+            eps = eps_scheduler.get_eps() if trainer.uses_eps else 0.0
+            lower, upper = normalizer.box(x, eps)
+            fraction = eps / config.eps if config.eps > 0 else 0.0
+            batch = Batch(normalizer(x), y, lower, upper, eps, fraction)
+            loss = trainer.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            mask_gradients(model, mask)
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(list(trainer.parameters()), config.grad_clip)
+            optimizer.step()
+            apply_mask(model, mask)
+            total += float(loss.detach())
+        lr_decay.step()
+        log.losses.append(total / batches)
+        epochs.set_postfix(loss=f"{log.losses[-1]:.3f}", eps=f"{eps_scheduler.get_eps():.4f}")
+    trainer.finish()
+    model.eval()
+    log.epochs = config.epochs
+    log.final_loss = log.losses[-1]
+    log.seconds = time.perf_counter() - start
+    return log
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer: Normalizer,
+             batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        logits = model(normalizer(x[i:i + batch_size]))
+        correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+    return correct / max(1, x.shape[0])

@@ -1,0 +1,98 @@
+"""One small interface for every verifier, and the vocabulary of results.
+
+Modelled on DNNV's ``verifiers/common/base.py``: a verifier declares its parameters, says whether
+it is installed (and its version), builds the command for one instance and parses what the
+process left behind. The harness (``bench.verifiers.harness``) owns everything else: the hard
+timeout, killing the process tree, peak memory, logs and checking counterexamples, so that every
+verifier is measured the same way.
+"""
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class Status(str, enum.Enum):
+    """What happened on one instance. Never merge these: an error is not an unknown, and only
+    ``unsat`` means the property was verified."""
+
+    SAT = "sat"  # a counterexample exists (the property is violated)
+    UNSAT = "unsat"  # verified: no input in the region violates the property
+    TIMEOUT = "timeout"
+    UNKNOWN = "unknown"  # an incomplete method could not decide
+    ERROR = "error"  # the tool failed; see the reason
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One row of a benchmark's instances.csv."""
+
+    benchmark: str  # the benchmark folder's name
+    root: Path  # the benchmark folder
+    onnx: str  # relative to root, as written in instances.csv
+    vnnlib: str
+    timeout: float
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.root / self.onnx
+
+    @property
+    def vnnlib_path(self) -> Path:
+        return self.root / self.vnnlib
+
+
+@dataclass
+class Verdict:
+    """What a verifier said about one instance, parsed from its output."""
+
+    status: Status
+    counterexample: dict[str, list[float]] | None = None  # {"x": [...], "y": [...] or absent}
+    verifier_time: float | None = None  # the tool's own reported time, where it reports one
+    reason: str = ""  # why, for error/unknown/timeout
+
+
+@dataclass
+class Command:
+    """The process to run for one instance."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the harness's environment
+    cwd: Path | None = None
+
+
+class Verifier(ABC):
+    name: ClassVar[str]
+    complete: ClassVar[bool]  # complete verifiers may answer unsat/sat on every instance
+    install_hint: ClassVar[str]  # one line: how to install it
+    parameters: ClassVar[dict[str, Any]] = {}  # declared parameters and their defaults
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.parameters)
+        if unknown:
+            from bench.errors import BenchError
+
+            raise BenchError(
+                f"verifier {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
+                f"it takes: {', '.join(self.parameters) or 'none'}"
+            )
+        self.params = {**self.parameters, **params}
+
+    @abstractmethod
+    def is_installed(self) -> bool: ...
+
+    @abstractmethod
+    def version(self) -> str | None: ...
+
+    @abstractmethod
+    def command(self, instance: Instance, workdir: Path) -> Command:
+        """The process that verifies ``instance``; it may write files into ``workdir``."""
+
+    @abstractmethod
+    def parse(self, instance: Instance, workdir: Path, stdout: str, stderr: str,
+              returncode: int) -> Verdict:
+        """Read the outcome of a process that exited by itself (the harness handles timeouts).
+        Anything unexpected is ``Status.ERROR`` with a reason, never ``unknown`` or ``unsat``."""

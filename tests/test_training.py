@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from bench.config import make_config
+from bench.data import load_dataset
+from bench.errors import BenchError
+from bench.lirpa_compat import auto_LiRPA
+from bench.models import build_model
+from bench.pruning.mask import dense_mask
+from bench.training import TRAINERS
+from bench.training.base import Normalizer, accuracy, fit
+
+from auto_LiRPA.perturbations import PerturbationLpNorm
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def train(digits, training, model_name="cnn4", mask_fn=None, **options):
+    options = {"epochs": 4, **options}
+    config = make_config(dataset="digits", model=model_name, training=training, eps=0.05,
+                         eps_start_epoch=1, eps_length=2, batch_size=64, **options)
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, digits.input_shape, digits.num_classes)
+    mask = dense_mask(model)
+    if mask_fn:
+        mask_fn(mask)
+    trainer = TRAINERS.get(training)(config, model, digits.input_shape, digits.num_classes)
+    normalizer = Normalizer(digits.mean, digits.std)
+    fit(trainer, mask, digits.train_x, digits.train_y, normalizer,
+        torch.Generator().manual_seed(config.seed), progress=False)
+    return model, mask, normalizer
+
+
+def ibp_verified(model, x, y, normalizer, eps):
+    bounded = auto_LiRPA.BoundedModule(model, torch.zeros(1, *x.shape[1:]))
+    bounded.eval()
+    lower, upper = normalizer.box(x, eps)
+    ptb = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
+    eye = torch.eye(10)
+    spec = eye[y].unsqueeze(1) - eye.unsqueeze(0)
+    lb, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(normalizer(x), ptb),), C=spec,
+                                   method="IBP", bound_upper=False)
+    lb[torch.arange(len(y)), y] = 1.0  # the row of the true label is trivially 0
+    return float((lb.min(1).values > 0).float().mean())
+
+
+def test_crown_ibp_batchnorm_statistics_reach_the_model(digits):
+    torch.manual_seed(0)
+    before = build_model("cnn4", digits.input_shape, 10)[1].running_mean.clone()
+    model, _, _ = train(digits, "crown-ibp")
+    assert not torch.allclose(model[1].running_mean, before)
+    assert torch.all(model[1].running_var > 0)
+
+
+@pytest.mark.parametrize("training", ["natural", "crown-ibp"])
+def test_pruned_weights_stay_zero_and_runs_are_reproducible(digits, training):
+    def prune_half(mask):
+        mask["0.weight"].view(-1)[::2] = 0
+
+    model_a, mask, _ = train(digits, training, mask_fn=prune_half)
+    model_b, _, _ = train(digits, training, mask_fn=prune_half)
+    assert torch.all(model_a[0].weight[mask["0.weight"] == 0] == 0)
+    assert torch.any(model_a[0].weight[mask["0.weight"] == 1] != 0)
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_certified_training_certifies_more_than_natural_training(digits):
+    x, y = digits.test_x[:200], digits.test_y[:200]
+    natural, _, normalizer = train(digits, "natural", model_name="mlp", lr=3e-3, epochs=15)
+    certified, _, _ = train(digits, "crown-ibp", model_name="mlp", lr=3e-3, epochs=15)
+    assert accuracy(certified, x, y, normalizer) > 0.5
+    assert ibp_verified(certified, x, y, normalizer, 0.05) > ibp_verified(natural, x, y, normalizer, 0.05) + 0.1
+
+
+def test_unknown_training_method():
+    with pytest.raises(BenchError, match="unknown training method 'magic'"):
+        TRAINERS.get("magic")
