@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -27,6 +28,11 @@ def main() -> None:
 
     Typical use: `bench build-instances`, then `bench run`, then `bench tables`.
     """
+    # auto_LiRPA traces models through torch's ONNX exporter, which warns about every BatchNorm
+    # in training mode and every in-place op; they say nothing about the user's run.
+    warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
+    warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python.*")
 
 
 @main.command("build-instances")
@@ -45,7 +51,8 @@ def main() -> None:
 @click.option("--prune-rate", type=float, help="Fraction of remaining weights pruned per level.")
 @click.option("--samples", type=int, help="The first N test samples become properties.")
 @click.option("--timeout", type=float, help="Per-instance timeout written to instances.csv.")
-@click.option("--seed", type=int, help="Random seed.")
+@click.option("--seed", "seeds", type=int, multiple=True,
+              help="Random seed; repeat for several seeds (one build each).")
 @click.option("--out", help="Folder that receives the benchmark (default: instances).")
 @click.option("--runs-dir", help="Folder that keeps trained levels (default: runs).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -54,12 +61,20 @@ def build_instances(config_file, quiet, **options) -> None:
 
     Finished levels are reused, so running the same command again resumes.
     """
-    from bench.config import load_yaml, make_config
+    from bench.config import expand_runs, load_yaml
     from bench.pipeline import build_instances as build
 
-    config = make_config(load_yaml(config_file) if config_file else None, **options)
-    root = build(config, progress=not quiet)
-    click.echo(f"benchmark written to {root}")
+    seeds = options.pop("seeds")
+    if len(seeds) == 1:
+        options["seed"] = seeds[0]
+    elif seeds:
+        options["seeds"] = list(seeds)
+    configs = expand_runs(load_yaml(config_file) if config_file else None, **options)
+    for i, config in enumerate(configs, 1):
+        if len(configs) > 1:
+            click.echo(f"[{i}/{len(configs)}] {config.benchmark_name()} (seed {config.seed})")
+        root = build(config, progress=not quiet)
+        click.echo(f"benchmark written to {root}")
 
 
 @main.command("run")

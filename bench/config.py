@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -45,18 +46,26 @@ class BuildConfig:
     # pruning
     pruner: str = "imp"
     levels: int = 3  # pruned levels after the dense level 0
-    prune_rate: float = 0.2  # fraction of the remaining weights pruned per level
-    rewind: str = "init"
+    prune_rate: float | None = None  # fraction of what remains, per level; None: the pruner's
+    # default (0.2 of the weights, or 0.11 of the channels for structured pruners)
+    rewind: str = "init"  # init | epoch (to the weights after rewind_epoch epochs) | finetune
+    rewind_epoch: int = 0
+    regularizer: str | None = None  # None: the pruner's own (e.g. nrs for imp+nrs); "none": off
+    regularizer_weight: float | None = None  # None: the regularizer's default
+    # per-level metrics (standard, PGD, IBP/CROWN-verified accuracy, instability)
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
     # export
     samples: int = 20  # the first N test samples become properties
     timeout: float = 300.0  # per-instance timeout written to instances.csv
     # bookkeeping
     seed: int = 0
+    seeds: list[int] | None = None  # several seeds: one build per seed (tables average them)
     out: str = "instances"  # where benchmarks are written
     runs_dir: str = "runs"  # where trained levels are kept
 
     # Fields that only say where things go: they do not change what is built.
-    _WHERE = ("data_dir", "download", "out", "runs_dir")
+    _WHERE = ("data_dir", "download", "out", "runs_dir", "seeds")
     _EXPORT = ("samples", "timeout")
 
     def validate(self) -> "BuildConfig":
@@ -66,7 +75,12 @@ class BuildConfig:
 
         need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
         need(self.levels >= 0, f"levels must be >= 0 (got {self.levels})")
-        need(0.0 < self.prune_rate < 1.0, f"prune_rate must be in (0, 1) (got {self.prune_rate})")
+        need(self.prune_rate is None or 0.0 < self.prune_rate < 1.0,
+             f"prune_rate must be in (0, 1) (got {self.prune_rate})")
+        need(self.rewind in ("init", "epoch", "finetune"),
+             f"rewind must be init, epoch or finetune (got {self.rewind!r})")
+        need(self.rewind != "epoch" or 0 < self.rewind_epoch <= self.epochs,
+             "rewind: epoch needs 0 < rewind_epoch <= epochs")
         need(self.eps >= 0.0, f"eps must be >= 0 (got {self.eps})")
         need(self.samples >= 1, f"samples must be >= 1 (got {self.samples})")
         need(self.timeout > 0, f"timeout must be > 0 (got {self.timeout})")
@@ -105,6 +119,67 @@ class BuildConfig:
 _FIELD_TYPES = {f.name: f for f in fields(BuildConfig)}
 
 
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[int]": list}
+
+
+def per_seed(config: BuildConfig) -> list[BuildConfig]:
+    """One configuration per seed of ``config.seeds`` (or just ``config``)."""
+    if not config.seeds:
+        return [config]
+    return [dataclasses.replace(config, seed=int(s), seeds=None) for s in config.seeds]
+
+
+def expand_runs(file_values: dict[str, Any] | None = None, **overrides: Any) -> list[BuildConfig]:
+    """All the builds a configuration asks for. A YAML file may hold a ``sweep``: a mapping of
+    option -> list of values (every combination is one build) or a list of option mappings
+    (one build each). Options given on the command line fix that option instead of sweeping
+    it, and each build runs once per seed of ``seeds``."""
+    values = dict(file_values or {})
+    sweep = values.pop("sweep", None) or {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "seed" in given:
+        values.pop("seeds", None)  # a seed on the command line replaces the file's list
+    configs = []
+    for point in _sweep_points(sweep, given):
+        configs.extend(per_seed(make_config({**values, **point}, **overrides)))
+    return configs
+
+
+def _sweep_points(sweep: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """A mapping of option -> values is a grid (every combination); a list of mappings is an
+    explicit list of runs. An option given on the command line is not swept: a grid drops
+    that axis, and a list keeps only the runs that agree with it (all of them set it aside)."""
+    def normalize(point: dict) -> dict:
+        return {k.replace("-", "_"): v for k, v in point.items()}
+
+    if isinstance(sweep, list) and all(isinstance(p, dict) for p in sweep):
+        points = [normalize(p) for p in sweep]
+        agreeing = [p for p in points
+                    if all(p.get(k, v) == v for k, v in overrides.items())]
+        return agreeing or [{}]
+    if isinstance(sweep, dict) and all(isinstance(v, list) and v for v in sweep.values()):
+        axes = {k: v for k, v in normalize(sweep).items() if k not in overrides}
+        return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    raise BenchError("'sweep' must map options to non-empty lists of values, or be a list of "
+                     "option mappings (one per run)")
+    return configs
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a value against the field's annotation (``int``, ``float | None``, ...)."""
+    if value is None:
+        return None
+    annotation = str(_FIELD_TYPES[key].type).replace(" ", "")
+    expected = _TYPES[annotation.split("|")[0]]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise BenchError(f"option {key!r} must be {expected.__name__}, got {value!r}")
+    return value
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -133,17 +208,6 @@ def make_config(file_values: dict[str, Any] | None = None, **overrides: Any) -> 
                     + ", ".join(n for n in _FIELD_TYPES if not n.startswith("_"))
                 )
             values[key] = value
-    default = BuildConfig()
     for key, value in values.items():
-        expected = type(getattr(default, key))
-        if value is None or expected is type(None):
-            continue
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif expected is int and isinstance(value, float) and value.is_integer():
-            values[key] = int(value)
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise BenchError(
-                f"option {key!r} must be {expected.__name__}, got {value!r}"
-            )
+        values[key] = _coerce(key, value)
     return BuildConfig(**values).validate()

@@ -83,9 +83,17 @@ def load():
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         _patch_numpy()
         _patch_torch_onnx()
+        # auto_LiRPA 0.3 calls warnings.simplefilter("once") at import, which would override
+        # every filter of the process (and show torch's import-time deprecations): keep its
+        # import quiet and the process's filters as they were.
+        simplefilter = warnings.simplefilter
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import auto_LiRPA
+            simplefilter("ignore")
+            warnings.simplefilter = lambda *args, **kwargs: None
+            try:
+                import auto_LiRPA
+            finally:
+                warnings.simplefilter = simplefilter
         _patch_named_members(auto_LiRPA)
         _loaded = auto_LiRPA
     return _loaded

@@ -30,7 +30,7 @@ def test_imp_prunes_the_globally_smallest_surviving_weights():
     mask = dense_mask(model)
     params = dict(model.named_parameters())
     for level in range(1, 4):
-        new = PRUNERS.get("imp")(config, model, mask, context(model))
+        new = PRUNERS.get("imp").prune(config, model, mask, context(model))
         # 20% of the remaining weights go each level
         assert remain_ratio(new) == pytest.approx(0.8 ** level, abs=1e-3)
         # pruned weights stay pruned
@@ -51,10 +51,10 @@ def test_keep_largest_handles_ties_exactly():
 
 def test_random_pruner_is_seeded():
     model = build_model("cnn4", (1, 28, 28), 10)
-    config = make_config()
-    a = PRUNERS.get("random")(config, model, dense_mask(model), context(model, seed=1))
-    b = PRUNERS.get("random")(config, model, dense_mask(model), context(model, seed=1))
-    c = PRUNERS.get("random")(config, model, dense_mask(model), context(model, seed=2))
+    config = make_config(prune_rate=0.2)
+    a = PRUNERS.get("random").prune(config, model, dense_mask(model), context(model, seed=1))
+    b = PRUNERS.get("random").prune(config, model, dense_mask(model), context(model, seed=1))
+    c = PRUNERS.get("random").prune(config, model, dense_mask(model), context(model, seed=2))
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert any(not torch.equal(a[n], c[n]) for n in a)
 

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 
 from bench.config import BuildConfig
 from bench.pruning.mask import Mask
+
+if TYPE_CHECKING:  # bench.training imports bench.pruning.mask: avoid the import cycle at runtime
+    from bench.training.base import Normalizer, Trainer
 
 
 @dataclass
@@ -20,6 +23,12 @@ class PruneContext:
     train_y: torch.Tensor
     generator: torch.Generator  # seeded: random pruners stay reproducible
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # The level's training objective, for pruners that optimize it (HYDRA): builds the
+    # configured trainer (with its regularizers) around a model. None: natural cross-entropy.
+    make_trainer: Callable[[nn.Module], Trainer] | None = None
+    # Maps raw pixels to the model's input; pruners need it to build the eps box around
+    # ``train_x`` (which is already normalized). None: the eps box cannot be built.
+    normalizer: Normalizer | None = None
 
 
 def keep_largest(scores: dict[str, torch.Tensor], mask: Mask, fraction: float) -> Mask:

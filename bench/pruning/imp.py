@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 from bench.config import BuildConfig
-from bench.pruning import PRUNERS
+from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
 from bench.pruning.mask import Mask
 
 
-@PRUNERS.register("imp")
+@pruner("imp")
 def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     params = dict(trained_model.named_parameters())

@@ -50,13 +50,16 @@ def mask_gradients(model: nn.Module, mask: Mask) -> None:
 
 
 def remain_ratio(mask: Mask) -> float:
-    total = sum(m.numel() for m in mask.values())
-    return float(sum(m.sum().item() for m in mask.values()) / total) if total else 1.0
+    """Fraction of the masked weight matrices/kernels still kept. Biases and BatchNorm
+    parameters that structured pruners also mask are not weights and are not counted."""
+    weights = [m for m in mask.values() if m.dim() > 1]
+    total = sum(m.numel() for m in weights)
+    return float(sum(m.sum().item() for m in weights) / total) if total else 1.0
 
 
 def layer_sparsity(mask: Mask) -> dict[str, float]:
     """Fraction of each layer's weights that are pruned."""
-    return {name: 1.0 - float(m.mean().item()) for name, m in mask.items()}
+    return {name: 1.0 - float(m.mean().item()) for name, m in mask.items() if m.dim() > 1}
 
 
 def save_mask(mask: Mask, path: Path) -> None:

@@ -5,12 +5,12 @@ import torch
 import torch.nn as nn
 
 from bench.config import BuildConfig
-from bench.pruning import PRUNERS
+from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
 from bench.pruning.mask import Mask
 
 
-@PRUNERS.register("random")
+@pruner("random")
 def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     scores = {n: torch.rand(m.shape, generator=context.generator) for n, m in current_mask.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -37,14 +38,33 @@ class Trainer(ABC):
     uses_eps: bool = True  # natural training ignores eps
 
     def __init__(self, config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...],
-                 num_classes: int):
+                 num_classes: int, regularizers: list | None = None):
         self.config = config
         self.model = model
         self.input_shape = input_shape
         self.num_classes = num_classes
+        # (weight, fn) pairs; fn(trainer, batch) -> scalar tensor. See bench.training.regularizers.
+        self.regularizers = regularizers or []
+
+    @staticmethod
+    def initialize(model: nn.Module) -> None:
+        """Re-initialize a freshly built model before its initial weights are saved (e.g.
+        Fast-IBP's initialization). Runs once per run, so every level rewinds to the same
+        weights."""
 
     @abstractmethod
     def loss(self, batch: Batch) -> torch.Tensor: ...
+
+    def regularization(self, batch: Batch) -> torch.Tensor | float:
+        return sum(weight * fn(self, batch) for weight, fn in self.regularizers)
+
+    def preactivation_bounds(self, batch: Batch) -> list:
+        """Bounds on the inputs of every ReLU for the batch's eps box, as a list of
+        ``bench.training.regularizers.NeuronBounds``. By default IBP through auto_LiRPA;
+        certified trainers override this to reuse the bounds their loss already computed."""
+        from bench.training.regularizers import ibp_preactivation_bounds
+
+        return ibp_preactivation_bounds(self, batch)
 
     def parameters(self):
         return self.model.parameters()
@@ -94,8 +114,12 @@ def make_eps_scheduler(config: BuildConfig, batches_per_epoch: int) -> SmoothedS
 
 def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tensor,
         normalizer: Normalizer, generator: torch.Generator, desc: str = "train",
-        progress: bool = True) -> TrainLog:
-    """Train ``trainer.model`` in place for ``config.epochs`` epochs under ``mask``."""
+        progress: bool = True, start_epoch: int = 0, end_epoch: int | None = None,
+        on_epoch_end: Callable[[int], None] | None = None) -> TrainLog:
+    """Train ``trainer.model`` in place under ``mask`` for epochs ``start_epoch`` up to
+    ``end_epoch`` (default ``config.epochs``). A start past 0 continues the lr decay and the
+    eps ramp from there: rewinding to epoch k, or finetuning without resetting them.
+    ``on_epoch_end(epoch)`` counts epochs from 1."""
     import time
 
     config = trainer.config
@@ -106,13 +130,17 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
     lr_decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones,
                                                     config.lr_gamma)
     eps_scheduler = make_eps_scheduler(config, batches)
+    for _ in range(start_epoch):
+        eps_scheduler.step_epoch(verbose=False)  # replays the skipped epochs' batches
+        lr_decay.step()
     log = TrainLog()
     start = time.perf_counter()
     apply_mask(model, mask)
     model.train()
-    epochs = tqdm(range(config.epochs), desc=desc, unit="epoch", disable=not progress,
+    end_epoch = config.epochs if end_epoch is None else end_epoch
+    epochs = tqdm(range(start_epoch, end_epoch), desc=desc, unit="epoch", disable=not progress,
                   leave=False)
-    for _ in epochs:
+    for epoch in epochs:
         eps_scheduler.step_epoch(verbose=True)
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -125,6 +153,8 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
             fraction = eps / config.eps if config.eps > 0 else 0.0
             batch = Batch(normalizer(x), y, lower, upper, eps, fraction)
             loss = trainer.loss(batch)
+            if trainer.regularizers and batch.eps > 0:
+                loss = loss + trainer.regularization(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             mask_gradients(model, mask)
@@ -136,10 +166,13 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
         lr_decay.step()
         log.losses.append(total / batches)
         epochs.set_postfix(loss=f"{log.losses[-1]:.3f}", eps=f"{eps_scheduler.get_eps():.4f}")
+        if on_epoch_end is not None:
+            trainer.finish()  # the callback may snapshot the model: bring it up to date
+            on_epoch_end(epoch + 1)
     trainer.finish()
     model.eval()
-    log.epochs = config.epochs
-    log.final_loss = log.losses[-1]
+    log.epochs = len(log.losses)
+    log.final_loss = log.losses[-1] if log.losses else float("nan")
     log.seconds = time.perf_counter() - start
     return log
 

@@ -51,8 +51,9 @@ def copy_buffers_back(bounded: nn.Module, model: nn.Module) -> None:
 
 @TRAINERS.register("crown-ibp")
 class CrownIBP(Trainer):
-    def __init__(self, config: BuildConfig, model: nn.Module, input_shape, num_classes: int):
-        super().__init__(config, model, input_shape, num_classes)
+    def __init__(self, config: BuildConfig, model: nn.Module, input_shape, num_classes: int,
+                 regularizers: list | None = None):
+        super().__init__(config, model, input_shape, num_classes, regularizers)
         self.bounded, self.exp_node = bounded_loss_model(model, input_shape, num_classes)
         self.bounded.train()
 
@@ -76,6 +77,13 @@ class CrownIBP(Trainer):
             upper = factor * crown_upper + (1.0 - factor) * ibp_upper
         # log of the bounded sum of exp(logit_j - logit_y), shifted back by the Exp node's max.
         return torch.mean(torch.log(upper) + self.exp_node.max_input)
+
+    def preactivation_bounds(self, batch: Batch) -> list:
+        """The ReLU input bounds ``loss`` just computed on this batch (paper 4.1.3: RS/NRS use
+        auto_LiRPA's bounds in certified training); ``fit`` calls ``loss`` first."""
+        from bench.training.regularizers import lirpa_preactivation_bounds
+
+        return lirpa_preactivation_bounds(self.bounded, self.model)
 
     def finish(self) -> None:
         copy_buffers_back(self.bounded, self.model)

@@ -69,6 +69,9 @@ class Verifier(ABC):
     complete: ClassVar[bool]  # complete verifiers may answer unsat/sat on every instance
     install_hint: ClassVar[str]  # one line: how to install it
     parameters: ClassVar[dict[str, Any]] = {}  # declared parameters and their defaults
+    # Seconds between SIGTERM at the timeout and SIGKILL; None: the harness's default. A
+    # verifier may set it per object (from a parameter) in __init__.
+    grace: float | None = None
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.parameters)
@@ -96,3 +99,25 @@ class Verifier(ABC):
               returncode: int) -> Verdict:
         """Read the outcome of a process that exited by itself (the harness handles timeouts).
         Anything unexpected is ``Status.ERROR`` with a reason, never ``unknown`` or ``unsat``."""
+
+    # ------------------------------------------------------------------ optional: batch mode
+    # A tool that verifies many instances in one process (to pay its start-up once) implements
+    # these three; ``bench.verifiers.harness.run_batch`` then runs it, still enforcing each
+    # instance's own timeout. The process must work through the instances in the given order.
+
+    def supports_batch(self) -> bool:
+        """Whether ``batch_command`` may be used (it may depend on the parameters)."""
+        return False
+
+    def batch_command(self, instances: list[Instance], workdir: Path) -> Command:
+        """The one process that verifies ``instances`` (all of one model), in this order. Its
+        output goes to ``workdir/stdout.log`` and ``workdir/stderr.log``."""
+        raise NotImplementedError(f"verifier {self.name!r} has no batch mode")
+
+    def parse_batch_progress(self, instances: list[Instance], workdir: Path,
+                             stdout: str) -> dict[int, Verdict]:
+        """The instances decided so far, by their index in ``instances``, each with the tool's
+        own time for it in ``verifier_time`` where it reports one. Called repeatedly while the
+        process runs (``stdout`` so far; files may be half-written) and once after it ends.
+        Only report an instance once its answer is final."""
+        raise NotImplementedError(f"verifier {self.name!r} has no batch mode")

@@ -1,0 +1,241 @@
+"""Trust checks over a results database: do the verifiers' answers hold up against each other?
+
+Answers are compared per instance, i.e. per ``(benchmark, onnx, vnnlib)``, over every verifier
+that ran on it. A counterexample is *valid* when the harness's check accepted it
+(``cex_check`` is ``correct`` or ``correct_up_to_tolerance``, as VNN-COMP 2025 scores it).
+
+* **Soundness alarm**: one verifier says ``unsat`` while another holds a valid counterexample.
+  The ``unsat`` is wrong (or the model and the checker disagree): the worst possible finding.
+* **Wrong sat**: ``sat`` with an invalid counterexample against an ``unsat`` of another verifier.
+* **Unbacked sat**: any ``sat`` without a valid counterexample (none reported, an invalid one, or
+  one the checker could not run on); listed whether or not another verifier contradicts it.
+* **Scores**, VNN-COMP style: +10 for a correct answer (``sat`` with a valid counterexample, or
+  ``unsat`` that no valid counterexample contradicts), -150 for a wrong one (``sat`` without a
+  valid counterexample, or ``unsat`` where any verifier holds a valid one), 0 for ``timeout``,
+  ``unknown`` and ``error``. Statuses are counted as they are: errors stay errors.
+
+``check_results(path)`` builds a ``Report``; ``format_report(report)`` renders it as Markdown.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.results import ResultsDB
+from bench.verifiers.base import Status
+
+VALID_CEX = ("correct", "correct_up_to_tolerance")
+CORRECT_POINTS = 10
+WRONG_POINTS = -150
+STATUSES = tuple(status.value for status in Status)
+
+
+@dataclass(frozen=True)
+class InstanceKey:
+    benchmark: str
+    onnx: str
+    vnnlib: str
+
+    def __str__(self) -> str:
+        return f"{self.benchmark}: {self.onnx} + {self.vnnlib}"
+
+
+@dataclass
+class Answer:
+    """One verifier's row for an instance, as far as trust is concerned."""
+
+    verifier: str
+    status: str
+    cex_check: str | None
+    cex_detail: str
+    reason: str
+
+    @property
+    def valid_cex(self) -> bool:
+        return self.status == Status.SAT.value and self.cex_check in VALID_CEX
+
+
+@dataclass
+class SoundnessAlarm:
+    """``unsat`` by some verifiers, a valid counterexample by others, on one instance."""
+
+    instance: InstanceKey
+    unsat_by: list[str]
+    counterexample_by: list[Answer]
+
+
+@dataclass
+class WrongSat:
+    """``sat`` with an invalid counterexample where other verifiers answered ``unsat``."""
+
+    instance: InstanceKey
+    sat: Answer
+    unsat_by: list[str]
+
+
+@dataclass
+class UnbackedSat:
+    """A ``sat`` without a valid counterexample."""
+
+    instance: InstanceKey
+    sat: Answer
+
+    @property
+    def problem(self) -> str:
+        check = self.sat.cex_check
+        if check is None:
+            return "no counterexample was checked"
+        if check == "error":
+            return f"the counterexample could not be checked: {self.sat.cex_detail}"
+        return f"invalid counterexample: {self.sat.cex_detail}"
+
+
+@dataclass
+class VerifierScore:
+    verifier: str
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
+    correct: int = 0
+    wrong: int = 0
+
+    @property
+    def score(self) -> int:
+        return CORRECT_POINTS * self.correct + WRONG_POINTS * self.wrong
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class Report:
+    results_path: str
+    instances: int  # distinct (benchmark, onnx, vnnlib)
+    results: int  # rows
+    verifiers: list[str]
+    soundness_alarms: list[SoundnessAlarm]
+    wrong_sats: list[WrongSat]
+    unbacked_sats: list[UnbackedSat]
+    scores: dict[str, VerifierScore]
+    unknown_statuses: list[tuple[InstanceKey, str, str]]  # rows whose status is not a Status
+
+    @property
+    def ok(self) -> bool:
+        """No soundness alarm, no sat without a valid counterexample, no unreadable status."""
+        return not (self.soundness_alarms or self.unbacked_sats or self.unknown_statuses)
+
+    def to_dict(self) -> dict:
+        """Plain data (for JSON); scores carry their computed ``score``."""
+        data = asdict(self)
+        for name, score in self.scores.items():
+            data["scores"][name]["score"] = score.score
+        return data
+
+
+def check_results(results_path: str | Path) -> Report:
+    """Compare every verifier's answers per instance in the results database at
+    ``results_path``; raises ``BenchError`` when there is no such file."""
+    path = Path(results_path)
+    if not path.is_file():
+        raise BenchError(f"no results database at {path}; run `bench run` first")
+    with ResultsDB(path) as db:
+        rows = db.rows()
+
+    by_instance: dict[InstanceKey, list[Answer]] = defaultdict(list)
+    unknown_statuses: list[tuple[InstanceKey, str, str]] = []
+    for row in rows:
+        key = InstanceKey(row["benchmark"], row["onnx"], row["vnnlib"])
+        if row["status"] not in STATUSES:
+            unknown_statuses.append((key, row["verifier"], str(row["status"])))
+            continue
+        by_instance[key].append(Answer(row["verifier"], row["status"], row["cex_check"],
+                                       row["cex_detail"] or "", row["reason"] or ""))
+
+    verifiers = sorted({row["verifier"] for row in rows})
+    scores = {name: VerifierScore(name) for name in verifiers}
+    alarms: list[SoundnessAlarm] = []
+    wrong_sats: list[WrongSat] = []
+    unbacked: list[UnbackedSat] = []
+    for key in sorted(by_instance, key=lambda k: (k.benchmark, k.onnx, k.vnnlib)):
+        answers = sorted(by_instance[key], key=lambda a: a.verifier)
+        backed = [a for a in answers if a.valid_cex]
+        unsat_by = [a.verifier for a in answers if a.status == Status.UNSAT.value]
+        if backed and unsat_by:
+            alarms.append(SoundnessAlarm(key, unsat_by, backed))
+        for answer in answers:
+            score = scores[answer.verifier]
+            score.counts[answer.status] += 1
+            if answer.status == Status.SAT.value:
+                if answer.valid_cex:
+                    score.correct += 1
+                else:
+                    score.wrong += 1
+                    unbacked.append(UnbackedSat(key, answer))
+                    if unsat_by:
+                        wrong_sats.append(WrongSat(key, answer, unsat_by))
+            elif answer.status == Status.UNSAT.value:
+                if backed:
+                    score.wrong += 1
+                else:
+                    score.correct += 1
+    return Report(results_path=str(path), instances=len(by_instance), results=len(rows),
+                  verifiers=verifiers, soundness_alarms=alarms, wrong_sats=wrong_sats,
+                  unbacked_sats=unbacked, scores=scores, unknown_statuses=unknown_statuses)
+
+
+def format_report(report: Report) -> str:
+    """The report as Markdown: findings first (worst first), then the score table."""
+    lines = [f"# Trust check of {report.results_path}", "",
+             f"{report.instances} instances, {report.results} results, "
+             f"{len(report.verifiers)} verifiers ({', '.join(report.verifiers) or 'none'}).",
+             "", "**OK**: no soundness alarm and every sat is backed by a valid counterexample."
+             if report.ok else "**PROBLEMS FOUND**: see below.", ""]
+
+    lines += [f"## Soundness alarms ({len(report.soundness_alarms)})", ""]
+    if not report.soundness_alarms:
+        lines.append("None: no unsat is contradicted by a valid counterexample.")
+    for alarm in report.soundness_alarms:
+        holders = ", ".join(f"{a.verifier} ({a.cex_check})" for a in alarm.counterexample_by)
+        lines.append(f"- **SOUNDNESS ALARM** {alarm.instance}: unsat by "
+                     f"{', '.join(alarm.unsat_by)}, but {holders} found a valid counterexample")
+    lines.append("")
+
+    lines += [f"## Wrong sat answers ({len(report.wrong_sats)})", ""]
+    if not report.wrong_sats:
+        lines.append("None: no sat with an invalid counterexample contradicts an unsat.")
+    for wrong in report.wrong_sats:
+        lines.append(f"- {wrong.instance}: sat by {wrong.sat.verifier} is wrong (counterexample "
+                     f"{wrong.sat.cex_check or 'missing'}: {_short(wrong.sat.cex_detail)}); "
+                     f"unsat by {', '.join(wrong.unsat_by)}")
+    lines.append("")
+
+    lines += [f"## Sat answers without a valid counterexample ({len(report.unbacked_sats)})", ""]
+    if not report.unbacked_sats:
+        lines.append("None.")
+    for item in report.unbacked_sats:
+        lines.append(f"- {item.instance}: {item.sat.verifier}: {_short(item.problem)}")
+    lines.append("")
+
+    if report.unknown_statuses:
+        lines += [f"## Rows with an unknown status ({len(report.unknown_statuses)})", ""]
+        for key, verifier, status in report.unknown_statuses:
+            lines.append(f"- {key}: {verifier} has status {status!r}")
+        lines.append("")
+
+    lines += ["## Scores", "",
+              f"VNN-COMP style: {CORRECT_POINTS:+d} per correct answer, {WRONG_POINTS:+d} per "
+              f"wrong one, 0 for timeout, unknown and error.", "",
+              "| verifier | score | correct | wrong | " + " | ".join(STATUSES) + " | total |",
+              "|---|---:|---:|---:|" + "---:|" * len(STATUSES) + "---:|"]
+    for name in report.verifiers:
+        score = report.scores[name]
+        counts = " | ".join(str(score.counts[status]) for status in STATUSES)
+        lines.append(f"| {name} | {score.score} | {score.correct} | {score.wrong} | {counts} | "
+                     f"{score.total} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

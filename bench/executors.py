@@ -1,0 +1,571 @@
+"""Where the work runs: in this process, in local worker processes, or on a Ray cluster.
+
+``bench.runner`` (verifier runs) and ``bench.sweep`` (training builds) decide *what* to run; this
+module runs it. Three ways, with the same results:
+
+- ``run_serial``: in this process, one unit after the other (the default, and the simplest to
+  debug).
+- ``run_pool``: N long-lived worker processes on this machine (``spawn``ed: fresh interpreters,
+  no state shared with this one). Each worker writes the row of every instance it finishes to
+  the results database itself, at once, in its own short transaction, and only then reports it,
+  so killing the runner loses at most the instances in flight. Workers are pinned to a GPU
+  through ``CUDA_VISIBLE_DEVICES`` where the verifier uses one (see ``Slot``).
+- ``run_ray``: one Ray task per unit, with ``num_gpus=1`` where the verifier uses a GPU. Tasks
+  return their rows and *the driver* writes them: SQLite must not be shared over a network
+  filesystem, and the driver's machine is the one place that surely has the database. The
+  benchmark folders and the log folder must be reachable at the same paths on every node
+  (a shared filesystem), and prune-bench must be installed there.
+
+Killing the runner. Workers ask the kernel for SIGTERM when their parent dies
+(``PR_SET_PDEATHSIG``, Linux), so a SIGKILLed runner does not leave them verifying instances
+that its rerun will verify again; on SIGTERM a worker raises, and the harness kills the tool's
+whole process tree on the way out. (A tool started by the runner itself in serial mode, or by a
+Ray worker, outlives a SIGKILLed runner until its own time limit: only the harness could ask for
+that signal, for its child.) Ctrl-C is handled by the runner alone, which stops the workers the
+same way.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import platform
+import signal
+import socket
+import sys
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bench.registry import PLUGINS_ENV
+from bench.results import ResultsDB
+from bench.verifiers import VERIFIERS, Instance, Status, Verifier
+from bench.verifiers.harness import RunRecord, run_batch, run_instance
+
+Key = tuple[str, str, str]  # (benchmark, onnx, vnnlib): one instance, for one verifier
+Row = dict[str, Any]  # a RunRecord's fields plus the provenance columns
+Unit = Sequence[Instance]  # what one worker runs in one go: an instance, or one model's in batch
+OnResult = Callable[[Key, str], None]  # called in the runner once a row is in the database
+
+
+def key_of(item: Instance | Row) -> Key:
+    if isinstance(item, Instance):
+        return item.benchmark, item.onnx, item.vnnlib
+    return item["benchmark"], item["onnx"], item["vnnlib"]
+
+
+def now_iso() -> str:
+    """The harness's ``started_at`` format: UTC, whole seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to run instances and write their rows; sent to every worker
+    (and Ray task), so it holds names and plain values only."""
+
+    verifier: str
+    params: dict[str, Any]
+    log_dir: Path  # absolute
+    results_path: Path
+    provenance: dict[str, Any]  # suite_version, verifier_params, params_hash
+    batch: bool = False  # the verifier's batch mode: a unit is the instances of one model
+
+    def make_verifier(self) -> Verifier:
+        return VERIFIERS.get(self.verifier)(**self.params)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: the GPU it is pinned to, if any, and its device as recorded."""
+
+    device: str  # "cpu (<model>)" or "cuda:<id> (<name>)"
+    cuda_visible_devices: str | None = None  # the worker's CUDA_VISIBLE_DEVICES; None: inherit
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def detect_gpus() -> list[str]:
+    """The CUDA devices this process may use, as values for ``CUDA_VISIBLE_DEVICES``: the
+    entries of our own ``CUDA_VISIBLE_DEVICES`` if it is set (so a job that was given GPUs 2,3
+    by its scheduler pins workers to 2 and 3), else 0..n-1. Empty without torch or CUDA."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except Exception:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [part.strip() for part in visible.split(",") if part.strip()][:count]
+    return [str(index) for index in range(count)]
+
+
+def describe_cpu() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    return f"cpu ({model})" if model else "cpu"
+
+
+def describe_gpu(visible_id: str) -> str:
+    """``cuda:<id> (<name>)``, the name from NVML: unlike torch it does not create a CUDA
+    context (hundreds of MB on the GPU) in a process that only wants the name."""
+    name = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            if visible_id.isdigit():
+                handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible_id))
+            else:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(visible_id)
+            name = pynvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else name
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        name = None
+    return f"cuda:{visible_id}" + (f" ({name})" if name else "")
+
+
+def make_slots(workers: int | None, use_gpus: bool) -> list[Slot]:
+    """One slot per worker. With ``use_gpus`` and CUDA devices present: by default one worker
+    per device, and with ``workers`` given, worker i on device i mod n (several per device).
+    Otherwise ``workers`` CPU workers (default 1), their environment left alone."""
+    devices = detect_gpus() if use_gpus else []
+    if devices:
+        count = workers or len(devices)
+        described = {device: describe_gpu(device) for device in devices}
+        return [Slot(described[devices[i % len(devices)]], devices[i % len(devices)])
+                for i in range(count)]
+    cpu = describe_cpu()
+    return [Slot(cpu) for _ in range(workers or 1)]
+
+
+# --------------------------------------------------------------------------- one unit
+
+
+class _DeliveryFailed(Exception):
+    """Writing or reporting a finished row failed: not the verifier's fault, never an error
+    row, always fatal."""
+
+
+def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
+             deliver: Callable[[Row], None]) -> None:
+    """Run one unit and pass each instance's row to ``deliver`` as soon as it is final. A bug in
+    the harness or the verifier module becomes an error row (retried next run) instead of
+    ending the whole run."""
+    def finish(record: RunRecord) -> None:
+        try:
+            deliver(make_row(spec, record, device))
+        except Exception as err:
+            raise _DeliveryFailed(f"{type(err).__name__}: {err}") from err
+
+    if spec.batch and len(unit) > 1:
+        settled: set[Key] = set()
+
+        def on_record(record: RunRecord) -> None:
+            settled.add(key_of(record.to_dict()))
+            finish(record)
+
+        try:
+            run_batch(verifier, list(unit), spec.log_dir, on_record=on_record)
+        except _DeliveryFailed:
+            raise
+        except Exception as err:
+            for instance in unit:
+                if key_of(instance) not in settled:
+                    finish(harness_failure(verifier.name, instance, spec.log_dir, err))
+        return
+    for instance in unit:
+        try:
+            record = run_instance(verifier, instance, spec.log_dir)
+        except Exception as err:
+            record = harness_failure(verifier.name, instance, spec.log_dir, err)
+        finish(record)
+
+
+def make_row(spec: RunSpec, record: RunRecord, device: str) -> Row:
+    return {**record.to_dict(), **spec.provenance, "device": device}
+
+
+def harness_failure(verifier: str, instance: Instance, log_dir: Path,
+                    err: BaseException | None = None, reason: str = "") -> RunRecord:
+    """An error record for an instance whose run failed outside the tool: a bug (``err``,
+    traceback kept in ``harness_errors.log``) or a lost worker (``reason``)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "harness_errors.log"
+    if err is not None:
+        with open(log_path, "a") as log:
+            log.write(f"{instance.benchmark} {instance.onnx} {instance.vnnlib}:\n"
+                      f"{''.join(traceback.format_exception(err))}\n")
+        reason = f"harness failure: {type(err).__name__}: {err}".splitlines()[0]
+    return RunRecord(
+        benchmark=instance.benchmark, root=str(instance.root), onnx=instance.onnx,
+        vnnlib=instance.vnnlib, verifier=verifier, verifier_version=None,
+        timeout=instance.timeout, status=Status.ERROR.value, reason=reason, wall_time=None,
+        verifier_time=None, peak_memory_mb=None, peak_gpu_memory_mb=None, cex_check=None,
+        cex_detail="", log_path=str(log_path), started_at=now_iso(), host=socket.gethostname())
+
+
+# --------------------------------------------------------------------------- serial
+
+
+def run_serial(spec: RunSpec, units: Sequence[Unit], slot: Slot, on_result: OnResult) -> None:
+    verifier = spec.make_verifier()
+    with ResultsDB(spec.results_path) as db:
+        def deliver(row: Row) -> None:
+            db.record(row)
+            on_result(key_of(row), row["status"])
+
+        for unit in units:
+            run_unit(verifier, spec, unit, slot.device, deliver)
+
+
+# --------------------------------------------------------------------------- local pool
+
+
+class WorkerFailed(RuntimeError):
+    """A worker could not start or could not write a result: the run cannot go on."""
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; a no-op
+    elsewhere), and act at once if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # An exception, not os._exit: the harness's handler kills the tool's process tree first.
+    raise SystemExit(128 + signum)
+
+
+def _enter_worker(parent_pid: int, slot: Slot, death_signal: int) -> None:
+    die_with_parent(parent_pid, death_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    if slot.cuda_visible_devices is not None:
+        # Before anything touches CUDA; the tool inherits it through the harness's environment.
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
+
+
+def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -> None:
+    """A pool worker: receives units until it receives None; writes each row, then reports it."""
+    _enter_worker(parent_pid, slot, signal.SIGTERM)
+    try:
+        verifier = spec.make_verifier()
+        db = ResultsDB(spec.results_path)
+    except Exception:
+        conn.send(("fatal", traceback.format_exc()))
+        return
+
+    def deliver(row: Row) -> None:
+        db.record(row)  # durable first: a kill between the two loses nothing
+        conn.send(("row", key_of(row), row["status"]))
+
+    while True:
+        try:
+            unit = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if unit is None:
+            db.close()
+            return
+        try:
+            run_unit(verifier, spec, unit, slot.device, deliver)
+        except Exception:
+            conn.send(("fatal", traceback.format_exc()))
+            return
+        conn.send(("unit_done", None, None))
+
+
+class _PoolWorker:
+    def __init__(self, context: Any, spec: RunSpec, slot: Slot, number: int):
+        self.slot, self.number = slot, number
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_pool_worker, args=(child, spec, slot, os.getpid()),
+                                       name=f"bench-worker-{number}", daemon=True)
+        self.process.start()
+        child.close()
+        self.unit: Unit | None = None  # in flight
+        self.pending: set[Key] = set()  # instances of the unit not reported yet
+        self.dispatched_at = ""
+        self.stopping = False
+
+    def send(self, unit: Unit | None) -> bool:
+        try:
+            self.conn.send(unit)
+        except (BrokenPipeError, OSError):
+            return False
+        if unit is None:
+            self.stopping = True
+        else:
+            self.unit, self.pending = unit, {key_of(i) for i in unit}
+            self.dispatched_at = now_iso()
+        return True
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM: the harness kills the tool on the way out
+            self.process.join(grace)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
+
+
+def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
+             on_result: OnResult) -> None:
+    """Run ``units`` on ``len(slots)`` worker processes, each unit as soon as a worker is free.
+    A worker that dies (killed by the OOM killer, a crash) costs the instances it had in flight
+    an error row each (retried next run), and is replaced."""
+    context = multiprocessing.get_context("spawn")
+    queue: deque[Unit] = deque(units)
+    workers: list[_PoolWorker] = []
+    deaths_without_progress = 0
+    db = ResultsDB(spec.results_path)
+
+    def feed(worker: _PoolWorker) -> None:
+        while queue:
+            unit = queue.popleft()
+            if worker.send(unit):
+                return
+            queue.appendleft(unit)  # the worker is gone; its death is handled below
+            return
+        worker.send(None)
+
+    def bury(worker: _PoolWorker) -> None:
+        """A worker exited: settle what it had in flight, and replace it if work remains."""
+        nonlocal deaths_without_progress
+        workers.remove(worker)
+        code = worker.process.exitcode
+        worker.stop()
+        if worker.unit is None and worker.stopping:
+            return  # finished normally
+        deaths_without_progress += 1
+        if deaths_without_progress > 2 * len(slots) + 2:
+            raise WorkerFailed(f"worker processes keep dying (last exit code {code})")
+        for instance in worker.unit or ():
+            if key_of(instance) not in worker.pending:
+                continue
+            row = db.get(*key_of(instance), spec.verifier)
+            if row is None or (row["started_at"] or "") < worker.dispatched_at:
+                # It did not get to write this one. (A row started since dispatch is its own.)
+                record = harness_failure(spec.verifier, instance, spec.log_dir,
+                                         reason=f"worker process died (exit code {code})")
+                row = make_row(spec, record, worker.slot.device)
+                db.record(row)
+            on_result(key_of(instance), row["status"])
+        if queue:
+            replacement = _PoolWorker(context, spec, worker.slot, worker.number)
+            workers.append(replacement)
+            feed(replacement)
+
+    try:
+        for number, slot in enumerate(slots[:len(queue)]):
+            workers.append(_PoolWorker(context, spec, slot, number))
+            feed(workers[-1])
+        while workers:
+            by_conn = {worker.conn: worker for worker in workers}
+            by_sentinel = {worker.process.sentinel: worker for worker in workers}
+            ready = wait([*by_conn, *by_sentinel])
+            exited = {by_sentinel[s] for s in ready if s in by_sentinel}
+            for worker in {by_conn[c] for c in ready if c in by_conn} | exited:
+                # Read everything it sent before looking at its exit: a worker may report its
+                # last row and be gone by the time we look.
+                try:
+                    while worker.conn.poll():
+                        kind, key, status = worker.conn.recv()
+                        if kind == "fatal":
+                            raise WorkerFailed(f"worker {worker.number} failed:\n{key}")
+                        if kind == "row":
+                            deaths_without_progress = 0
+                            worker.pending.discard(key)
+                            on_result(key, status)
+                        elif kind == "unit_done":
+                            worker.unit, worker.pending = None, set()
+                            feed(worker)
+                except (EOFError, OSError):
+                    exited.add(worker)
+            for worker in exited:
+                worker.process.join(5)
+                bury(worker)
+    finally:
+        for worker in workers:
+            worker.stop()
+        db.close()
+
+
+# --------------------------------------------------------------------------- processes per task
+
+
+def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], slots: Sequence[Slot],
+              on_done: Callable[[int, Any, str | None], None]) -> None:
+    """Run ``function(task)`` for every task in a fresh process (at most one per slot at a
+    time) and call ``on_done(index, result, None)``, or ``on_done(index, None, traceback)`` when
+    it raised or its process died. For long tasks (a training run), where a fresh interpreter
+    per task costs nothing. Each process dies with this one (SIGKILL: it has no tool to clean
+    up), so a killed build leaves nothing running that its rerun would redo."""
+    context = multiprocessing.get_context("spawn")
+    queue = deque(enumerate(tasks))
+    free = list(slots)
+    running: dict[int, tuple[int, Any, Connection, Slot]] = {}  # sentinel -> task
+
+    def start(slot: Slot) -> None:
+        index, task = queue.popleft()
+        conn, child = context.Pipe(duplex=False)
+        process = context.Process(target=_task_main,
+                                  args=(child, function, task, slot, os.getpid()),
+                                  name=f"bench-task-{index}", daemon=True)
+        process.start()
+        child.close()
+        running[process.sentinel] = (index, process, conn, slot)
+
+    try:
+        while queue and free:
+            start(free.pop(0))
+        while running:
+            for sentinel in wait(list(running)):
+                index, process, conn, slot = running.pop(sentinel)
+                process.join()
+                try:
+                    kind, payload = conn.recv() if conn.poll() else ("error", None)
+                except (EOFError, OSError):
+                    kind, payload = "error", None
+                conn.close()
+                if kind == "ok":
+                    on_done(index, payload, None)
+                else:
+                    on_done(index, None, payload or f"the process died (exit code "
+                                                    f"{process.exitcode})")
+                if queue:
+                    start(slot)
+    finally:
+        for index, process, conn, slot in running.values():
+            process.kill()
+            process.join(5)
+            conn.close()
+
+
+def _task_main(conn: Connection, function: Callable[[Any], Any], task: Any, slot: Slot,
+               parent_pid: int) -> None:
+    _enter_worker(parent_pid, slot, signal.SIGKILL)
+    try:
+        result = function(task)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    else:
+        conn.send(("ok", result))
+    conn.close()
+
+
+# --------------------------------------------------------------------------- ray
+
+
+def import_ray() -> Any:
+    from bench.errors import BenchError
+
+    try:
+        import ray
+    except ImportError:
+        raise BenchError("--executor ray needs Ray: pip install 'prune-bench[ray]'") from None
+    return ray
+
+
+def ray_connect(address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (else ``RAY_ADDRESS``; with neither, Ray starts a
+    local one). Returns whether this call connected (and so should disconnect); a caller that
+    connected already (``ray.init`` in a test or a notebook) keeps its connection."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"address": address, "log_to_driver": False,
+                               "logging_level": logging.WARNING}
+    if address is None:
+        options["include_dashboard"] = False  # a throwaway local cluster for this run only
+    # Plugins must be importable in the tasks too (the package itself must be installed there).
+    if os.environ.get(PLUGINS_ENV):
+        options["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
+    ray.init(**options)
+    return True
+
+
+def default_window(resource: str, per_task: float) -> int:
+    """Tasks kept submitted at once: twice what the cluster can run now, so that a node that
+    frees up never waits for the driver, yet a killed driver has little submitted to lose."""
+    ray = import_ray()
+    available = ray.cluster_resources().get(resource, 0) / max(per_task, 1e-9)
+    return max(2, int(2 * available))
+
+
+_VERIFIERS_IN_TASK: dict[str, Verifier] = {}  # a Ray worker process runs many tasks
+
+
+def _ray_unit(spec: RunSpec, unit: Unit) -> list[Row]:
+    import ray
+
+    key = f"{spec.verifier}:{spec.provenance.get('params_hash')}"
+    if key not in _VERIFIERS_IN_TASK:
+        _VERIFIERS_IN_TASK[key] = spec.make_verifier()
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]  # Ray set CUDA_VISIBLE_DEVICES to these
+    device = ", ".join(describe_gpu(i) for i in gpu_ids) if gpu_ids else describe_cpu()
+    rows: list[Row] = []
+    run_unit(_VERIFIERS_IN_TASK[key], spec, unit, device, rows.append)
+    return rows
+
+
+def run_ray(spec: RunSpec, units: Sequence[Unit], on_result: OnResult, *,
+            address: str | None = None, max_in_flight: int | None = None,
+            num_gpus: float = 0.0, num_cpus: float = 1.0) -> None:
+    """One Ray task per unit (``num_gpus`` GPUs each); the driver writes the rows as tasks
+    finish. A task that fails as a whole (its node died after Ray's retries) costs its
+    instances an error row each, retried next run."""
+    ray = import_ray()
+    connected_here = ray_connect(address)
+    in_flight: dict[Any, Unit] = {}
+    try:
+        task = ray.remote(_ray_unit).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)
+        window = max_in_flight or default_window("GPU" if num_gpus else "CPU",
+                                                 num_gpus or num_cpus)
+        queue: deque[Unit] = deque(units)
+        with ResultsDB(spec.results_path) as db:
+            while queue or in_flight:
+                while queue and len(in_flight) < window:
+                    unit = queue.popleft()
+                    in_flight[task.remote(spec, list(unit))] = unit
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in done:
+                    unit = in_flight.pop(ref)
+                    try:
+                        rows = ray.get(ref)
+                    except Exception as err:  # RayTaskError, WorkerCrashedError, ...
+                        reason = f"ray task failed: {type(err).__name__}: {err}".splitlines()[0]
+                        rows = [make_row(spec, harness_failure(spec.verifier, instance,
+                                                               spec.log_dir, reason=reason),
+                                         "unknown") for instance in unit]
+                    for row in rows:
+                        db.record(row)
+                        on_result(key_of(row), row["status"])
+    finally:
+        for ref in in_flight:  # interrupted: do not leave the cluster busy with them
+            ray.cancel(ref, force=True)
+        if connected_here:
+            ray.shutdown()

@@ -1,0 +1,365 @@
+"""Pack a benchmark folder for VNN-COMP: ``bench pack SRC --out DEST [--seed S]``.
+
+The packed folder::
+
+    DEST/instances.csv              onnx/X.onnx,vnnlib/Y.vnnlib,timeout (the names VNN-COMP
+                                    uses after unzipping)
+    DEST/onnx/level_00.onnx.gz      the models, gzipped as VNN-COMP publishes them
+    DEST/vnnlib/sample_0000.vnnlib.gz
+    DEST/generate_properties.py     `python generate_properties.py SEED`: numpy only
+    DEST/data/pool.npz              the candidate samples that script selects from
+    DEST/README.md                  the properties, the selection, and each model's statistics
+
+Which properties are shipped:
+
+- ``seed=None``: the build's own properties, byte for byte (the first N test samples, whether
+  or not a model misclassifies them), so results of ``bench run`` on the source folder are
+  results on the shipped instances, and the README's verified accuracy describes them.
+- ``seed=S``: what ``generate_properties.py S`` writes: N samples drawn from the pool among
+  those every model classifies correctly (see that script). VNN-COMP reruns it with its own seed.
+
+The pool is the first ``pool_size`` (default 1000) test samples of the benchmark's dataset,
+loaded again here; the build's own properties must come out of it byte for byte, which proves
+that it is the dataset (and order) the benchmark was built from. Which pool samples each model
+classifies correctly is computed here with onnxruntime, since the script may not need it.
+
+The 6-hour cap: VNN-COMP caps the sum of a benchmark's timeouts at 6 hours. When
+N x models x timeout exceeds ``max_total_timeout``, the number of properties per model is reduced
+(the same for every model, keeping the first ones: the lowest test indices with ``seed=None``,
+the first drawn with a seed) to the largest count that fits, and the README says so. Packing is
+refused only when not even one property per model fits.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+import bench
+from bench.check import check_benchmark, format_problems, safe_join
+from bench.errors import BenchError
+from bench.export.benchmark import INSTANCES, _format_timeout, load_manifest
+
+VNNCOMP_MAX_TOTAL_TIMEOUT = 6 * 3600.0
+SCRIPT = "generate_properties.py"
+POOL = "data/pool.npz"
+README = "README.md"
+DEFAULT_POOL_SIZE = 1000
+_SCRIPT_SOURCE = Path(__file__).with_name("generate_properties.py")
+
+
+def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
+                   max_total_timeout: float = VNNCOMP_MAX_TOTAL_TIMEOUT,
+                   verified: Mapping[Any, float] | None = None,
+                   pool_size: int = DEFAULT_POOL_SIZE) -> Path:
+    """Write the VNN-COMP folder for the benchmark ``src`` (ours, with a manifest) to ``dest``,
+    which must not exist; returns ``dest``.
+
+    ``verified`` maps a level to its verified accuracy in percent over the source benchmark's
+    samples (``verified_accuracy_from_db`` gives it); it only feeds the README."""
+    src, dest = Path(src), Path(dest)
+    if seed is not None and seed < 0:
+        raise BenchError(f"seed must be >= 0, got {seed}")
+    if not max_total_timeout > 0:
+        raise BenchError(f"the cap on the sum of timeouts must be positive, got "
+                         f"{max_total_timeout}")
+    if pool_size < 1:
+        raise BenchError(f"pool_size must be >= 1, got {pool_size}")
+    manifest = load_manifest(src)
+    # The whole check, hashes included: what is packed is what was built, and valid.
+    problems = [p for p in check_benchmark(src) if p.severity == "error"]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BenchError(f"{src} fails `bench check`: {problems[0]}{more}; export it again")
+    if dest.exists() or dest.is_symlink():
+        raise BenchError(f"{dest} already exists; remove it or choose another --out")
+
+    models = sorted(manifest["models"], key=lambda m: int(m["level"]))
+    properties = manifest["properties"]
+    timeout = float(manifest["timeout"])
+    count = _properties_within_cap(len(properties), len(models), timeout, max_total_timeout)
+    pool = _make_pool(src, manifest, models, pool_size)
+    pool.update(properties=np.int64(count), max_total_timeout=np.float64(max_total_timeout))
+
+    # Build beside dest and rename at the end: an interrupted pack leaves no half folder
+    # that looks finished.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "onnx").mkdir(parents=True)
+        (tmp / "vnnlib").mkdir()
+        (tmp / "data").mkdir()
+        for model in models:
+            _gzip_file(_source(src, manifest, model["onnx"]), tmp / f"{model['onnx']}.gz")
+        with open(tmp / POOL, "wb") as handle:
+            np.savez_compressed(handle, **pool)
+        shutil.copyfile(_SCRIPT_SOURCE, tmp / SCRIPT)
+        if seed is None:
+            shipped = [p["vnnlib"] for p in properties[:count]]
+            _write_own_properties(src, tmp, manifest, set(shipped))
+        else:
+            shipped = _run_script(tmp, seed)
+        for rel in shipped:  # shipped gzipped, as VNN-COMP publishes them
+            _gzip_file(tmp / rel, tmp / f"{rel}.gz")
+            (tmp / rel).unlink()
+        _write_text(tmp / README, _readme(manifest, models, pool, seed, shipped, count,
+                                           max_total_timeout, verified))
+        errors = [p for p in check_benchmark(tmp) if p.severity == "error"]
+        if errors:
+            raise RuntimeError(f"the packed folder fails its own check (a bug in bench pack):\n"
+                               f"{format_problems(errors)}")
+        os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _source(src: Path, manifest: dict, rel: str) -> Path:
+    """A file of the source benchmark that pack may read: inside the folder, and one whose
+    hash the manifest lists (and the check verified), whatever else the manifest says."""
+    path = safe_join(src, rel, f"{src / 'manifest.json'}")
+    if rel not in manifest.get("files", {}):
+        raise BenchError(f"{src / 'manifest.json'}: {rel!r} has no sha256 in 'files'; export "
+                         "the benchmark again")
+    return path
+
+
+def _properties_within_cap(wanted: int, models: int, timeout: float, cap: float) -> int:
+    """How many properties per model fit under the cap: all of them if they fit."""
+    fitting = math.floor(cap / (models * timeout) + 1e-9)  # 1e-9: 6 h / 300 s is exactly 72
+    if fitting < 1:
+        raise BenchError(
+            f"one property on each of the {models} models already takes {models} x {timeout:g} s "
+            f"= {models * timeout:g} s, more than the cap of {cap:g} s on the sum of timeouts; "
+            "build with a lower --timeout or fewer --levels")
+    return min(wanted, fitting)
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+def _make_pool(src: Path, manifest: dict, models: list[dict], pool_size: int) -> dict:
+    from bench.data import load_dataset
+
+    info = manifest["dataset"]
+    config = manifest.get("config") or {}
+    dataset = load_dataset(info["name"], config.get("data_dir"), False)
+    if tuple(dataset.test_x.shape[1:]) != tuple(info["input_shape"]):
+        raise BenchError(f"dataset {info['name']} now has inputs of shape "
+                         f"{tuple(dataset.test_x.shape[1:])}, the benchmark "
+                         f"{tuple(info['input_shape'])}; is it the same dataset?")
+    own = [int(p["sample_index"]) for p in manifest["properties"]]
+    size = min(dataset.test_x.shape[0], max(pool_size, max(own) + 1))
+    x = dataset.test_x[:size].detach().cpu().numpy().astype(np.float32)
+    y = dataset.test_y[:size].detach().cpu().numpy().astype(np.int64)
+    eps = float(manifest["eps"])
+    num_classes = int(info["num_classes"])
+    version = int(manifest.get("vnnlib_version", 1))
+    _require_same_samples(manifest, x, y, eps, num_classes, version)
+    correct = np.stack([_classifies(_source(src, manifest, m["onnx"]), x, y) for m in models])
+    return {
+        "x": x, "y": y, "index": np.arange(size, dtype=np.int64), "correct": correct,
+        "onnx": np.array([m["onnx"] for m in models]),
+        "eps": np.float64(eps), "timeout": np.float64(manifest["timeout"]),
+        "lower": np.float64(0.0), "upper": np.float64(1.0),
+        "num_outputs": np.int64(num_classes), "vnnlib_version": np.int64(version),
+    }
+
+
+def _require_same_samples(manifest: dict, x: np.ndarray, y: np.ndarray, eps: float,
+                          num_classes: int, version: int) -> None:
+    """The build's properties, rewritten from the pool with generate_properties.py's own
+    writer, must be the manifest's files byte for byte."""
+    from bench import generate_properties as script
+
+    write = script.robustness_property_v2 if version == 2 else script.robustness_property
+    for prop in manifest["properties"]:
+        index, label = int(prop["sample_index"]), int(prop["label"])
+        text = write(x[index], label, eps, num_classes)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if int(y[index]) != label or digest != manifest["files"].get(prop["vnnlib"]):
+            raise BenchError(
+                f"test sample {index} of dataset {manifest['dataset']['name']} does not give "
+                f"{prop['vnnlib']}: the dataset (or its order) differs from the one the benchmark "
+                "was built from, so a pool drawn from it would not match; rebuild the benchmark")
+
+
+def _classifies(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample, whether the model's top logit is the label (the ONNX takes a batch of 1)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    predicted = [int(np.argmax(session.run(None, {name: sample[None]})[0])) for sample in x]
+    return np.asarray(predicted) == y
+
+
+# --- properties -------------------------------------------------------------------------------
+
+def _write_own_properties(src: Path, tmp: Path, manifest: dict, shipped: set[str]) -> None:
+    """The build's own property files (those kept under the cap) and their instances."""
+    for rel in sorted(shipped):
+        shutil.copyfile(_source(src, manifest, rel), tmp / rel)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for inst in manifest["instances"]:  # already ordered by level, then sample
+        if inst["vnnlib"] in shipped:
+            writer.writerow([inst["onnx"], inst["vnnlib"], _format_timeout(inst["timeout"])])
+    _write_text(tmp / INSTANCES, buffer.getvalue())
+
+
+def _run_script(folder: Path, seed: int) -> list[str]:
+    """Run the shipped generate_properties.py as VNN-COMP will: its own process, in the packed
+    folder, with nothing of prune-bench on its path."""
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "SYSTEMROOT")
+           if key in os.environ}
+    done = subprocess.run([sys.executable, SCRIPT, str(seed)], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BenchError(f"{SCRIPT} {seed} failed in the packed folder: {detail}")
+    with open(folder / INSTANCES, newline="") as handle:
+        listed = [row[1] for row in csv.reader(handle) if row]
+    return list(dict.fromkeys(listed))  # unique, in order
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def _gzip_file(source: Path, target: Path) -> None:
+    """gzip with no file name and mtime 0 in the header, so packing twice gives the same bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as raw, open(target, "wb") as out:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=9,
+                           mtime=0) as packed:
+            shutil.copyfileobj(raw, packed, 1 << 20)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+
+
+# --- README -----------------------------------------------------------------------------------
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
+
+
+def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
+            shipped: list[str], count: int, cap: float, verified: Mapping[Any, float] | None
+            ) -> str:
+    info = manifest["dataset"]
+    timeout = float(manifest["timeout"])
+    wanted = len(manifest["properties"])
+    total = len(shipped) * len(models) * timeout
+    name = manifest.get("benchmark", "benchmark")
+    verified_by_level = {int(k): float(v) for k, v in (verified or {}).items()}
+    lines = [
+        f"# {name}",
+        "",
+        f"L-inf robustness of {len(models)} pruning levels of one network "
+        f"({manifest['config'].get('model', '?')} trained with "
+        f"{manifest['config'].get('training', '?')}, pruned with "
+        f"{manifest['config'].get('pruner', '?')}) on {info['name']}, packed for VNN-COMP by "
+        f"prune-bench {bench.__version__}.",
+        "",
+        "## Properties",
+        "",
+        f"- Each property is the L-inf ball of radius eps = {float(manifest['eps'])!r} (raw "
+        "pixels in [0, 1], clipped to [0, 1]) around one test image; it is violated (sat) when "
+        "some other logit is >= the true label's. The models take raw pixels: normalization is "
+        "their first layer.",
+        f"- Test samples: {info.get('test_order', 'in the dataset order')}",
+        f"- {len(shipped)} properties x {len(models)} models = {len(shipped) * len(models)} "
+        f"instances, {_format_timeout(timeout)} s each: {total:g} s in all "
+        f"(VNN-COMP's cap: {cap:g} s).",
+    ]
+    if count < wanted:
+        lines.append(f"- **Reduced**: the benchmark has {wanted} properties per model; "
+                     f"{wanted} x {len(models)} x {timeout:g} s would exceed the cap, so {count} "
+                     "properties per model are kept (the first ones).")
+    if seed is None:
+        lines.append("- Shipped: the build's own properties (the first test samples, whether or "
+                     "not a model classifies them correctly), byte for byte.")
+    else:
+        lines.append(f"- Shipped: the properties of `python {SCRIPT} {seed}`.")
+    if len(shipped) < count:
+        lines.append(f"- Only {len(shipped)} samples of the pool are classified correctly by "
+                     f"every model, fewer than the {count} wanted.")
+    lines += [
+        "",
+        "## Models",
+        "",
+        "Sparsity is the fraction of prunable weights removed; parameters count every "
+        "floating-point constant of the ONNX graph (BatchNorm folded, the normalization layer "
+        "included). Clean accuracy is on the whole test split. Verified accuracy, where known, "
+        "is the share of the source benchmark's "
+        f"{wanted} samples that a verifier proved robust (unsat on a correctly classified sample)"
+        + ("; the samples shipped here were drawn anew from the seed." if seed is not None
+           else "."),
+        "",
+        "| model | level | remaining weights | sparsity | parameters | nonzero parameters "
+        "| clean accuracy | verified accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        level = int(model["level"])
+        remain = float(model["remain_ratio"])
+        clean = model.get("clean_accuracy")
+        lines.append(
+            f"| `{model['onnx']}` | {level} | {remain:.4f} | {1 - remain:.4f} "
+            f"| {int(model['parameters']):,} | {int(model['nonzero_parameters']):,} "
+            f"| {_percent(None if clean is None else 100 * float(clean))} "
+            f"| {_percent(verified_by_level.get(level))} |")
+    correct = pool["correct"]
+    lines += [
+        "",
+        f"## Regenerating the properties: `python {SCRIPT} SEED`",
+        "",
+        f"Needs Python 3 and numpy only. It reads `{POOL}`: the first {correct.shape[1]} test "
+        f"samples (images, labels, and which of them each model classifies correctly; "
+        f"{int(np.all(correct, axis=0).sum())} are classified correctly by every model). From "
+        f"`numpy.random.default_rng(SEED)` it draws {count} of those, the same for every model, "
+        "writes `vnnlib/sample_<test index>.vnnlib` (plain text; earlier `sample_*` files are "
+        "removed) and `instances.csv`. The same seed always gives the same files.",
+        "",
+        "## Files",
+        "",
+        "- `instances.csv`: `onnx,vnnlib,timeout` per instance, paths relative to this folder, "
+        "named as after `gunzip`.",
+        "- `onnx/*.onnx.gz`: one model per pruning level; input `(1, C, H, W)` raw pixels, "
+        "output the logits.",
+        "- `vnnlib/*.vnnlib.gz`: VNN-LIB "
+        f"{int(pool['vnnlib_version'])}.0 properties, inputs numbered in row-major order.",
+        f"- `{SCRIPT}`, `{POOL}`: see above.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- verified accuracy ------------------------------------------------------------------------
+
+def verified_accuracy_from_db(results_path: str | Path, benchmark_name: str,
+                              verifier: str) -> dict[int, float]:
+    """Verified accuracy in percent per level, as ``bench tables`` computes it (unsat on a
+    correctly classified sample), for levels whose every instance has a result; levels with
+    missing results are left out (unknown, not zero)."""
+    from bench.tables import _build_table, _read_results
+
+    rows = [r for r in _read_results(Path(results_path))
+            if r["benchmark"] == benchmark_name and r["verifier"] == verifier]
+    if not rows:
+        raise BenchError(f"{results_path} has no results of {verifier} on {benchmark_name}; "
+                         "run `bench run` first")
+    table = _build_table(benchmark_name, verifier, rows)
+    return {row.level: row.verified_accuracy for row in table.rows if row.missing == 0}

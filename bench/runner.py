@@ -1,0 +1,373 @@
+"""Run one verifier over benchmark folders into the results database.
+
+A benchmark folder follows VNN-COMP: ``instances.csv`` (no header, ``onnx,vnnlib,timeout`` with
+paths relative to the folder). Instances already decided in the database are skipped, so an
+interrupted run resumes where it stopped; errors are retried. Every instance gets a row, even when
+the verifier is not installed (an error with the install hint), so nothing is silently missing.
+
+Where the instances run (``bench.executors``): in this process (``workers=1``, the default on a
+CPU), in N local worker processes (``workers=N``; with a GPU verifier and CUDA devices, one
+worker per device by default, each pinned to its device), or on a Ray cluster
+(``executor="ray"``). Whichever: every instance's row is written as soon as it finishes, in its
+own transaction, so a run killed at any moment (even SIGKILL) loses only the instances in flight,
+and running the same command again runs exactly those that have no decided row.
+
+Sharding (``shard="K/N"``, K counted from 1) splits the instances for batch schedulers (e.g. a
+SLURM job array with ``--shard $SLURM_ARRAY_TASK_ID/N`` and ``--array=1-N``): an instance belongs
+to shard ``1 + h mod N``, where ``h`` is the first 8 bytes of the SHA-256 of
+``benchmark \\x1f onnx \\x1f vnnlib`` (as written in instances.csv), read as an unsigned integer.
+The hash, not a position, decides, so the shards do not depend on the order of folders or rows,
+nor on which other instances exist, nor on the machine or the Python version (unlike ``hash()``),
+and every verifier's shard K holds the same instances. The N shards are disjoint and together
+hold every instance; their sizes are equal only on average. Run each shard into its own database
+and combine them with ``bench.results.merge``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TextIO
+
+from tqdm import tqdm
+
+import bench
+from bench import executors
+from bench.errors import BenchError
+from bench.results import ResultsDB, params_hash, params_json
+from bench.verifiers import VERIFIERS, Instance, Verifier
+
+INSTANCES_CSV = "instances.csv"
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int] = field(default_factory=dict)  # status value -> instances run now
+    skipped: int = 0  # already decided in the database
+    verifier: str = ""
+    verifier_installed: bool = True
+    install_hint: str = ""
+    results_path: str = ""
+    log_dir: str = ""
+    total: int = 0  # instances of this run (of this shard), decided before or now
+    shard: str = ""  # "K/N", or empty for all instances
+    workers: int = 1  # processes (local) or tasks in flight (ray; 0: as many as the cluster)
+    executor: str = "local"
+    seconds: float = 0.0
+
+    @property
+    def run(self) -> int:
+        return sum(self.counts.values())
+
+    def __str__(self) -> str:
+        statuses = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
+        text = (f"{self.verifier}: {self.run} run" + (f" ({statuses})" if statuses else "")
+                + f", {self.skipped} skipped (already decided)"
+                + (f" in shard {self.shard}" if self.shard else "")
+                + f"; results in {self.results_path}, logs in {self.log_dir}")
+        if not self.verifier_installed:
+            text += f"\n{self.verifier} is not installed: {self.install_hint}"
+        return text
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def read_instances(folder: str | Path) -> list[Instance]:
+    """The instances of one benchmark folder; its name is the benchmark's name."""
+    folder = Path(folder).resolve()
+    csv_path = folder / INSTANCES_CSV
+    if not csv_path.is_file():
+        raise BenchError(f"{csv_path} does not exist; run `bench build-instances` first")
+    instances = []
+    with open(csv_path, newline="") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            fields = [value.strip() for value in row]
+            if not any(fields):
+                continue  # blank line
+            instances.append(_instance(folder, csv_path, line_no, fields))
+    return instances
+
+
+def _instance(folder: Path, csv_path: Path, line_no: int, fields: list[str]) -> Instance:
+    where = f"{csv_path}, line {line_no}"
+    if len(fields) != 3 or not fields[0] or not fields[1]:
+        raise BenchError(f"{where}: expected 'onnx,vnnlib,timeout', got {','.join(fields)!r}")
+    try:
+        timeout = float(fields[2])
+    except ValueError:
+        raise BenchError(f"{where}: timeout {fields[2]!r} is not a number") from None
+    if not timeout > 0:  # also rejects nan
+        raise BenchError(f"{where}: timeout must be positive, got {fields[2]!r}")
+    # instances.csv may come from anyone: a path that is absolute, climbs out with '..' or
+    # leads out through a symlink would have the verifier read files outside the folder.
+    from bench.check import safe_join
+    for path in fields[:2]:
+        safe_join(folder, path, where)
+    return Instance(benchmark=folder.name, root=folder, onnx=fields[0], vnnlib=fields[1],
+                    timeout=timeout)
+
+
+def find_benchmarks(path: str | Path) -> list[Path]:
+    """``path`` itself if it is a benchmark folder, else its benchmark subfolders (sorted)."""
+    path = Path(path)
+    if (path / INSTANCES_CSV).is_file():
+        return [path]
+    found = []
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if (p / INSTANCES_CSV).is_file())
+    if not found:
+        raise BenchError(f"no benchmark in {path}: neither it nor its subfolders have an "
+                         f"{INSTANCES_CSV}; run `bench build-instances` first")
+    return found
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def stable_hash(*parts: str) -> int:
+    """A 64-bit hash of ``parts`` that is the same on every machine and in every process."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1 <= index <= count); see the module's docstring."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: "str | Shard") -> "Shard":
+        if isinstance(text, Shard):
+            return text
+        try:
+            index, count = (int(part) for part in str(text).split("/"))
+        except ValueError:
+            raise BenchError(f"shard must be K/N (e.g. 2/8), got {text!r}") from None
+        if count < 1 or not 1 <= index <= count:
+            raise BenchError(f"shard {text!r}: K counts from 1 and must be at most N (with a "
+                             f"0-based SLURM array use $((SLURM_ARRAY_TASK_ID + 1))/N)")
+        return cls(index, count)
+
+    def owns(self, *parts: str) -> bool:
+        return stable_hash(*parts) % self.count == self.index - 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_instances(instances: Iterable[Instance], shard: Shard | str | None) -> list[Instance]:
+    instances = list(instances)
+    if shard is None:
+        return instances
+    shard = Shard.parse(shard)
+    return [i for i in instances if shard.owns(i.benchmark, i.onnx, i.vnnlib)]
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """done / total, per-status counts and the time left, for a long run.
+
+    On a terminal: a tqdm bar (its estimate uses the average rate since the start, not a recent
+    window: instance times vary too much, and parallel workers finish in bursts). Elsewhere (a
+    batch job's log file): one plain line every ``interval`` seconds and one at the end, instead
+    of carriage-return noise. Instances decided before this run count as done but not in the
+    rate."""
+
+    def __init__(self, total: int, already_done: int, desc: str, enabled: bool = True,
+                 stream: TextIO | None = None, interval: float = 30.0):
+        self.total, self.skipped, self.desc = total, already_done, desc
+        self.counts: Counter[str] = Counter()
+        self.stream = stream or sys.stderr
+        self.enabled, self.interval = enabled, interval
+        self.started = self._last_line = time.monotonic()
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._bar = tqdm(total=total, initial=already_done, desc=desc, unit="inst",
+                         smoothing=0, dynamic_ncols=True, file=self.stream,
+                         disable=not self.tty)
+        self._bar.set_postfix(self._postfix(), refresh=False)
+
+    @property
+    def done(self) -> int:
+        return self.skipped + sum(self.counts.values())
+
+    def eta(self) -> float | None:
+        """Seconds left at the average rate of this run so far; None before the first result."""
+        finished = sum(self.counts.values())
+        if not finished:
+            return None
+        return (self.total - self.done) * (time.monotonic() - self.started) / finished
+
+    def line(self) -> str:
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items())) or "none run yet"
+        elapsed = time.monotonic() - self.started
+        return (f"{self.desc}: {self.done}/{self.total} done ({statuses}; {self.skipped} "
+                f"skipped), {_clock(elapsed)} elapsed, {_clock(self.eta())} left")
+
+    def _postfix(self) -> dict[str, int]:
+        return {**dict(sorted(self.counts.items())), "skipped": self.skipped}
+
+    def advance(self, status: str) -> None:
+        self.counts[status] += 1
+        if self.tty:
+            self._bar.set_postfix(self._postfix(), refresh=False)
+            self._bar.update(1)
+        elif self.enabled and time.monotonic() - self._last_line >= self.interval:
+            self._print_line()
+
+    def _print_line(self) -> None:
+        print(self.line(), file=self.stream, flush=True)
+        self._last_line = time.monotonic()
+
+    def close(self) -> None:
+        self._bar.close()
+        if self.enabled and not self.tty:
+            self._print_line()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def uses_gpu(verifier: Verifier) -> bool:
+    """Whether the verifier runs on a GPU: it says so (``uses_gpu``, attribute or property), or
+    its ``device`` parameter names a CUDA device."""
+    declared = getattr(verifier, "uses_gpu", None)
+    if declared is not None:
+        return bool(declared)
+    device = str(verifier.params.get("device", "cpu")).lower()
+    return device.startswith(("cuda", "gpu"))
+
+
+def provenance(verifier: Verifier) -> dict[str, Any]:
+    """The columns that say which code and configuration produced a row (the device is added
+    by whoever runs it)."""
+    return {"suite_version": bench.__version__, "verifier_params": params_json(verifier.params),
+            "params_hash": params_hash(verifier.params)}
+
+
+def make_units(instances: Sequence[Instance], batch: bool) -> list[list[Instance]]:
+    """One instance per unit; in batch mode the instances of one model (benchmark folder and
+    ONNX file) together, in order, so that the tool starts once per model."""
+    if not batch:
+        return [[instance] for instance in instances]
+    groups: dict[tuple[str, str], list[Instance]] = {}
+    for instance in instances:
+        groups.setdefault((str(instance.root), instance.onnx), []).append(instance)
+    return list(groups.values())
+
+
+def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_path: str | Path,
+                   timeout: float | None = None, log_dir: str | Path | None = None,
+                   rerun: bool = False, progress: bool = True,
+                   verifier_params: dict[str, Any] | None = None, *,
+                   workers: int | None = None, executor: str = "local",
+                   ray_address: str | None = None, shard: Shard | str | None = None,
+                   progress_stream: TextIO | None = None) -> RunSummary:
+    """Run ``verifier_name`` on every instance of ``folders`` (of ``shard`` only, if given);
+    ``timeout`` overrides the per-instance timeouts. ``workers``: local processes (default 1,
+    or one per GPU for a GPU verifier) or, with ``executor="ray"``, the most tasks in flight
+    (default twice the cluster's CPUs, or GPUs). Returns how many instances ended in each
+    status."""
+    started = time.monotonic()
+    verifier = VERIFIERS.get(verifier_name)(**(verifier_params or {}))
+    if timeout is not None and not timeout > 0:
+        raise BenchError(f"timeout must be positive, got {timeout}")
+    if executor not in EXECUTORS:
+        raise BenchError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise BenchError(f"workers must be at least 1, got {workers}")
+    shard = Shard.parse(shard) if shard is not None else None
+    instances = [inst for folder in folders for inst in read_instances(folder)]
+    if timeout is not None:
+        instances = [dataclasses.replace(inst, timeout=float(timeout)) for inst in instances]
+    instances = shard_instances(_unique(instances), shard)
+    results_path = Path(results_path).resolve()
+    log_dir = (Path(log_dir) if log_dir is not None else
+               results_path.parent / f"{results_path.stem}_logs").resolve()
+
+    summary = RunSummary(verifier=verifier.name, results_path=str(results_path),
+                         log_dir=str(log_dir), install_hint=verifier.install_hint,
+                         total=len(instances), shard=str(shard or ""), executor=executor)
+    summary.verifier_installed = _installed(verifier)
+    prov = provenance(verifier)
+    with ResultsDB(results_path) as db:
+        pending = [i for i in instances if rerun or not db.is_decided(
+            i.benchmark, i.onnx, i.vnnlib, verifier.name, timeout=i.timeout,
+            params_hash=prov["params_hash"])]
+    summary.skipped = len(instances) - len(pending)
+    spec = executors.RunSpec(verifier=verifier.name, params=dict(verifier.params),
+                             log_dir=log_dir, results_path=results_path, provenance=prov,
+                             batch=_supports_batch(verifier))
+    units = make_units(pending, spec.batch)
+
+    counts: Counter[str] = Counter()
+    bar = Progress(len(instances), summary.skipped, verifier.name, enabled=progress,
+                   stream=progress_stream)
+
+    def on_result(key: executors.Key, status: str) -> None:
+        counts[status] += 1
+        bar.advance(status)
+
+    try:
+        if units and executor == "ray":
+            gpu = uses_gpu(verifier)
+            summary.workers = workers or 0
+            executors.run_ray(spec, units, on_result, address=ray_address, max_in_flight=workers,
+                              num_gpus=1.0 if gpu else 0.0)
+        elif units:
+            gpu = uses_gpu(verifier)
+            slots = executors.make_slots(workers, gpu)
+            summary.workers = len(slots)
+            # In this process when nothing needs pinning; a pinned GPU worker needs its own
+            # environment, hence its own process, even alone.
+            if len(slots) == 1 and slots[0].cuda_visible_devices is None:
+                executors.run_serial(spec, units, slots[0], on_result)
+            else:
+                executors.run_pool(spec, units, slots, on_result)
+    finally:
+        bar.close()
+        summary.counts = dict(counts)
+        summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _unique(instances: Iterable[Instance]) -> list[Instance]:
+    """The first of each key: a row listed twice would have two workers race for one row."""
+    seen: set[executors.Key] = set()
+    unique = []
+    for instance in instances:
+        if executors.key_of(instance) not in seen:
+            seen.add(executors.key_of(instance))
+            unique.append(instance)
+    return unique
+
+
+def _installed(verifier: Verifier) -> bool:
+    try:
+        return bool(verifier.is_installed())
+    except Exception:
+        return False
+
+
+def _supports_batch(verifier: Verifier) -> bool:
+    try:
+        return bool(verifier.supports_batch())
+    except Exception:
+        return False

@@ -1,0 +1,362 @@
+"""The ``lirpa`` verifier: exact answers at eps=0, valid counterexamples, soundness against an
+independent attack, errors that stay errors, and the VNN-COMP test fixtures.
+
+Runs through the harness start one worker process each (seconds of imports), so they are few and
+run two at a time; the soundness cross-check calls the worker's ``main`` in this process.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from bench.verifiers import Instance, Status
+from bench.verifiers import _lirpa_main as worker
+from bench.verifiers.harness import RunRecord, run_instance
+from bench.verifiers.lirpa import RESULT_FILE, STATS_FILE, Lirpa, parse_result_file
+from bench.vnnlib import robustness_property
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vnncomp2024-test"
+NUM_CLASSES = 10
+
+
+# --------------------------------------------------------------------------- models and files
+
+
+def _normalize(channels: int, mean: float = 0.13, std: float = 0.31) -> nn.Conv2d:
+    """Normalization as the exported models have it: a 1x1 depthwise convolution."""
+    conv = nn.Conv2d(channels, channels, 1, groups=channels)
+    with torch.no_grad():
+        conv.weight.fill_(1 / std)
+        conv.bias.fill_(-mean / std)
+    return conv
+
+
+def _cnn(seed: int, channels: int = 1, side: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    half = (side + 1) // 2
+    return nn.Sequential(
+        _normalize(channels), nn.Conv2d(channels, 4, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * half * half, 16), nn.ReLU(), nn.Linear(16, NUM_CLASSES),
+    ).eval()
+
+
+def _mlp(seed: int, channels: int = 1, side: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        _normalize(channels), nn.Flatten(), nn.Linear(channels * side * side, 20), nn.ReLU(),
+        nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, NUM_CLASSES),
+    ).eval()
+
+
+def _plain_mlp(seed: int, channels: int = 1, side: int = 8) -> nn.Module:
+    """No normalization: the graph starts with Flatten."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, 24), nn.ReLU(),
+                         nn.Linear(24, NUM_CLASSES)).eval()
+
+
+class _FixedBatchCNN(nn.Module):
+    """Flattens with ``reshape(1, -1)``: the ONNX graph has a Reshape to a batch of 1, so the
+    converted model cannot run a batch (the worker's attack must notice and go one by one)."""
+
+    def __init__(self, channels: int, side: int):
+        super().__init__()
+        half = (side + 1) // 2
+        self.normalize = _normalize(channels)
+        self.conv = nn.Conv2d(channels, 4, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = nn.Linear(4 * half * half, 16), nn.Linear(16, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.conv(self.normalize(x)))
+        return self.fc2(torch.relu(self.fc1(hidden.reshape(1, -1))))
+
+    def batched(self) -> nn.Module:
+        """The same function (shared weights) for batches, for the test's own attack."""
+        return nn.Sequential(self.normalize, self.conv, nn.ReLU(), nn.Flatten(), self.fc1,
+                             nn.ReLU(), self.fc2)
+
+
+def _fixed_batch_cnn(seed: int, channels: int = 1, side: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return _FixedBatchCNN(channels, side).eval()
+
+
+def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> None:
+    torch.onnx.export(model, torch.zeros(1, *shape), str(path), dynamo=False, opset_version=13,
+                      input_names=["input"], output_names=["output"])
+
+
+def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(x, dtype=torch.float32)[None]).numpy().reshape(-1)
+
+
+def _point(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    # float32 values, so that an eps=0 box is exactly representable
+    return rng.random(shape, dtype=np.float32)
+
+
+def _write_property(path: Path, x: np.ndarray, label: int, eps: float) -> None:
+    path.write_text(robustness_property(x, label, eps, NUM_CLASSES))
+
+
+def _box(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    flat = x.astype(np.float64).reshape(-1)
+    return np.clip(flat - eps, 0, 1), np.clip(flat + eps, 0, 1)
+
+
+def _ort_logits(onnx_path: Path, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = {"input": np.asarray(x, dtype=np.float32).reshape(1, *shape)}
+    return np.asarray(session.run(None, feed)[0], dtype=np.float64).reshape(-1)
+
+
+def _assert_valid_cex(onnx_path: Path, x0: np.ndarray, label: int, eps: float,
+                      cex: dict[str, list[float]], shape: tuple[int, ...]) -> None:
+    """Independent check with onnxruntime: x in the box, and some other logit >= the label's."""
+    x = np.asarray(cex["x"], dtype=np.float64)
+    lo, hi = _box(x0, eps)
+    assert x.shape == lo.shape and np.all(lo <= x) and np.all(x <= hi)
+    assert np.float32(x).astype(np.float64).tolist() == x.tolist()  # reported exactly
+    y = _ort_logits(onnx_path, x, shape)
+    assert np.delete(y, label).max() >= y[label]
+    np.testing.assert_allclose(cex["y"], y, rtol=1e-6, atol=1e-6)
+
+
+def _run_all(verifier: Lirpa, instances: dict[str, Instance], log_dir: Path
+             ) -> dict[str, RunRecord]:
+    """Harness runs, two at a time (the worker spends most of its time importing)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {key: pool.submit(run_instance, verifier, instance, log_dir)
+                   for key, instance in instances.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+# --------------------------------------------------------------------------- harness runs
+
+
+@pytest.fixture(scope="module")
+def own_runs(tmp_path_factory) -> dict:
+    """Our own exported CNN and MLP: eps=0 around a point (both), eps=1 (CNN), a corrupted file."""
+    root = tmp_path_factory.mktemp("lirpa_bench")
+    shape = (1, 8, 8)
+    rng = np.random.default_rng(1)
+    models = {"cnn": _cnn(3), "mlp": _mlp(4)}
+    cases, instances = {}, {}
+    for name, model in models.items():
+        _export(model, shape, root / f"{name}.onnx")
+        # A point whose top two logits are clearly apart: eps=0 bounds are exact up to float32
+        # rounding, but a proof needs a margin of PROOF_MARGIN.
+        while True:
+            x = _point(rng, shape)
+            top = np.sort(_logits(model, x))
+            if top[-1] - top[-2] > 100 * worker.PROOF_MARGIN:
+                break
+        label = int(np.argmax(_logits(model, x)))
+        _write_property(root / f"{name}_exact.vnnlib", x, label, 0.0)
+        cases[f"{name}_exact"] = (x, label, 0.0)
+        instances[f"{name}_exact"] = Instance("own", root, f"{name}.onnx",
+                                              f"{name}_exact.vnnlib", 60)
+
+    x, label = cases["cnn_exact"][:2]
+    # Precondition for "sat": some point of the whole input cube changes the CNN's class.
+    samples = rng.random((4000, *shape), dtype=np.float32)
+    with torch.no_grad():
+        out = models["cnn"](torch.from_numpy(samples)).numpy()
+    assert (np.delete(out, label, axis=1).max(axis=1) >= out[:, label]).any()
+    _write_property(root / "cnn_huge.vnnlib", x, label, 1.0)
+    cases["cnn_huge"] = (x, label, 1.0)
+    instances["cnn_huge"] = Instance("own", root, "cnn.onnx", "cnn_huge.vnnlib", 60)
+
+    data = (root / "cnn.onnx").read_bytes()
+    (root / "corrupt.onnx").write_bytes(data[: len(data) // 2])  # a truncated download
+    instances["corrupt"] = Instance("own", root, "corrupt.onnx", "cnn_exact.vnnlib", 60)
+
+    runs = _run_all(Lirpa(), instances, root / "logs")
+    return {"root": root, "shape": shape, "cases": cases, "runs": runs}
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_eps_zero_around_the_argmax_is_unsat(own_runs, name):
+    record = own_runs["runs"][f"{name}_exact"]
+    assert record.status == Status.UNSAT.value, record.reason
+    assert record.verifier_time is not None and 0 < record.verifier_time <= record.wall_time
+
+
+def test_huge_eps_gives_a_valid_counterexample(own_runs):
+    record = own_runs["runs"]["cnn_huge"]
+    assert record.status == Status.SAT.value, record.reason
+    assert record.cex_check == "correct", record.cex_detail
+    # Check it again without the project's checker: read the result file ourselves.
+    workdir = Path(record.log_path)
+    verdict = parse_result_file((workdir / RESULT_FILE).read_text())
+    x0, label, eps = own_runs["cases"]["cnn_huge"]
+    _assert_valid_cex(own_runs["root"] / "cnn.onnx", x0, label, eps, verdict.counterexample,
+                      own_runs["shape"])
+
+
+def test_corrupted_onnx_is_an_error(own_runs):
+    record = own_runs["runs"]["corrupt"]
+    assert record.status == Status.ERROR.value
+    assert "cannot read ONNX model" in record.reason
+
+
+# --------------------------------------------------------------------------- soundness
+
+
+def _independent_attack(model: nn.Module, lo: np.ndarray, hi: np.ndarray, label: int,
+                        shape: tuple[int, ...], rng: np.random.Generator) -> bool:
+    """Whether dense sampling or a PGD different from the worker's (a logit-margin loss, fixed
+    step, many restarts, box vertices) finds a point where another logit is >= the label's."""
+    if isinstance(model, _FixedBatchCNN):
+        model = model.batched()
+    lo_t = torch.from_numpy(lo.astype(np.float32)).reshape(1, *shape)
+    hi_t = torch.from_numpy(hi.astype(np.float32)).reshape(1, *shape)
+    width = hi_t - lo_t
+
+    def violated(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = model(x)
+        others = torch.cat([out[:, :label], out[:, label + 1:]], dim=1)
+        return others.max(dim=1).values >= out[:, label]
+
+    uniform = lo_t + width * torch.from_numpy(rng.random((3000, *shape), dtype=np.float32))
+    vertices = torch.where(torch.from_numpy(rng.random((1000, *shape)) < 0.5), lo_t, hi_t)
+    if violated(uniform).any() or violated(vertices).any():
+        return True
+    x = uniform[:20].clone()
+    for _ in range(40):
+        x.requires_grad_(True)
+        out = model(x)
+        others = torch.cat([out[:, :label], out[:, label + 1:]], dim=1)
+        margin = out[:, label] - torch.logsumexp(10 * others, dim=1) / 10  # smooth max
+        (grad,) = torch.autograd.grad(margin.sum(), x)
+        x = torch.minimum(torch.maximum(x.detach() - 0.1 * width * grad.sign(), lo_t), hi_t)
+        if violated(x).any():
+            return True
+    return False
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as the harness runs the worker (OMP_NUM_THREADS=1): these tensors
+    are tiny, and two threads on a busy two-core machine mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_soundness_against_sampling_and_an_independent_attack(tmp_path, one_thread):
+    counts = {"sat": 0, "unsat": 0, "unknown": 0}
+    builders = [(_cnn, (1, 8, 8)), (_mlp, (1, 8, 8)), (_cnn, (3, 5, 5)), (_mlp, (2, 4, 4)),
+                (_fixed_batch_cnn, (1, 6, 6)), (_plain_mlp, (1, 8, 8))]
+    for trial in range(20):
+        rng = np.random.default_rng(700 + trial)
+        build, shape = builders[trial % len(builders)]
+        model = build(100 + trial, channels=shape[0], side=shape[1])
+        onnx_path = tmp_path / f"net{trial}.onnx"
+        _export(model, shape, onnx_path)
+        x = _point(rng, shape)
+        logits = _logits(model, x)
+        # Mostly the true argmax, sometimes the runner-up (sat at small eps).
+        label = int(np.argsort(logits)[-1 if trial % 5 else -2])
+        eps = float(10 ** rng.uniform(-3, -0.7))
+        vnnlib = tmp_path / f"prop{trial}.vnnlib"
+        _write_property(vnnlib, x, label, eps)
+        result = tmp_path / f"result{trial}.txt"
+        # Odd trials without PGD (the box centre only): their "unsat" rests on the bounds
+        # alone, which the independent attack then tries to refute.
+        steps, restarts = ("50", "3") if trial % 2 == 0 else ("0", "1")
+        code = worker.main(["--onnx", str(onnx_path), "--vnnlib", str(vnnlib),
+                            "--result", str(result), "--pgd-steps", steps,
+                            "--pgd-restarts", restarts])
+        assert code == 0
+        verdict = parse_result_file(result.read_text())
+        counts[verdict.status.value] += 1
+        context = f"trial {trial}: {build.__name__} {shape}, label {label}, eps {eps:.4g}"
+        if verdict.status is Status.SAT:
+            _assert_valid_cex(onnx_path, x, label, eps, verdict.counterexample, shape)
+        elif verdict.status is Status.UNSAT:
+            lo, hi = _box(x, eps)
+            assert not _independent_attack(model, lo, hi, label, shape, rng), context
+    # Not vacuous: both decisions happened.
+    assert counts["sat"] >= 2 and counts["unsat"] >= 5, counts
+
+
+# --------------------------------------------------------------------------- VNN-COMP fixtures
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"no fixtures at {FIXTURES}")
+def test_vnncomp_test_fixtures(tmp_path):
+    rows = [line.split(",") for line in (FIXTURES / "instances.csv").read_text().split()]
+    instances = {onnx: Instance("test", FIXTURES, onnx, vnnlib, float(timeout))
+                 for onnx, vnnlib, timeout in rows}
+    runs = _run_all(Lirpa(), instances, tmp_path)
+    for onnx in ("test_nano.onnx", "test_tiny.onnx", "test_small.onnx"):
+        assert runs[onnx].status in ("unsat", "unknown"), (onnx, runs[onnx].reason)
+    # Known sat (ACAS Xu 1-7, property 3): never unsat; a counterexample must be valid.
+    assert runs["test_sat.onnx"].status in ("sat", "unknown", "error"), runs["test_sat.onnx"]
+    if runs["test_sat.onnx"].status == "sat":
+        assert runs["test_sat.onnx"].cex_check == "correct", runs["test_sat.onnx"].cex_detail
+    # Known unsat (ACAS Xu 1-6, property 3): never sat.
+    assert runs["test_unsat.onnx"].status in ("unsat", "unknown", "error"), runs["test_unsat.onnx"]
+
+
+# --------------------------------------------------------------------------- parse()
+
+
+def _parse(tmp_path: Path, result: str | None, stats: str | None = '{"time_s": 1.5}',
+           returncode: int = 0, stderr: str = ""):
+    if result is not None:
+        (tmp_path / RESULT_FILE).write_text(result)
+    if stats is not None:
+        (tmp_path / STATS_FILE).write_text(stats)
+    instance = Instance("b", tmp_path, "m.onnx", "p.vnnlib", 10)
+    return Lirpa().parse(instance, tmp_path, "", stderr, returncode)
+
+
+def test_parse_answers_and_time(tmp_path):
+    verdict = _parse(tmp_path, "sat\n((X_0 0.5)\n (X_1 -1e-3)\n (Y_0 2.0))\n")
+    assert verdict.status is Status.SAT and verdict.verifier_time == 1.5
+    assert verdict.counterexample == {"x": [0.5, -0.001], "y": [2.0]}
+    assert _parse(tmp_path, "unsat\n").status is Status.UNSAT
+    assert _parse(tmp_path, "unknown\n").status is Status.UNKNOWN
+
+
+@pytest.mark.parametrize("result, stats, returncode, stderr, reason", [
+    (None, None, 0, "", "no result.txt"),
+    ("", '{"time_s": 1}', 0, "", "first line"),
+    ("timeout\n", '{"time_s": 1}', 0, "", "first line"),
+    ("sat\n", '{"time_s": 1}', 0, "", "no counterexample"),
+    ("sat\n((X_1 0.5) (Y_0 1))\n", '{"time_s": 1}', 0, "", "indices"),
+    ("sat\n((X_0 nan) (Y_0 1))\n", '{"time_s": 1}', 0, "", "X_0"),
+    ("unsat\n", None, 0, "", "no result.json"),
+    ("unsat\n", "{not json", 0, "", "malformed result.json"),
+    ("unsat\n", '{"time_s": 1}', 2, "Traceback...\nlirpa: onnx2torch cannot convert", "onnx2torch"),
+    (None, None, -9, "", "signal 9"),
+])
+def test_parse_failures_are_errors(tmp_path, result, stats, returncode, stderr, reason):
+    verdict = _parse(tmp_path, result, stats, returncode, stderr)
+    assert verdict.status is Status.ERROR
+    assert reason in verdict.reason
+
+
+def test_stats_file_is_where_the_worker_writes_it():
+    assert Path(RESULT_FILE).with_suffix(".json").name == STATS_FILE
+
+
+def test_command_runs_the_worker_single_threaded(tmp_path):
+    instance = Instance("b", tmp_path, "m.onnx", "p.vnnlib", 10)
+    command = Lirpa(method="alpha-CROWN", pgd_steps=7).command(instance, tmp_path)
+    assert command.argv[1:3] == ["-m", "bench.verifiers._lirpa_main"]
+    assert command.argv[command.argv.index("--method") + 1] == "alpha-CROWN"
+    assert command.argv[command.argv.index("--pgd-steps") + 1] == "7"
+    assert command.argv[command.argv.index("--result") + 1] == str(tmp_path / RESULT_FILE)
+    assert command.env["OMP_NUM_THREADS"] == "1"

@@ -1,0 +1,247 @@
+"""`bench pack`: a benchmark folder made ready for VNN-COMP."""
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.check import check_benchmark
+from bench.config import make_config
+from bench.data import load_dataset
+from bench.errors import BenchError
+from bench.export.benchmark import ExportedModel, load_manifest, write_benchmark
+from bench.pack import pack_benchmark, verified_accuracy_from_db
+from bench.pipeline import build_instances, train_levels
+from bench.results import COLUMNS, ResultsDB
+from bench.vnnlib import robustness_property
+from bench.vnnlib2 import is_vnnlib2
+
+TIMEOUT = 300.0  # the default per-instance timeout of the build below
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    base = tmp_path_factory.mktemp("build")
+    return make_config(dataset="digits", model="mlp", epochs=1, levels=1, samples=4,
+                       train_samples=300, out=str(base / "instances"), runs_dir=str(base / "runs"))
+
+
+@pytest.fixture(scope="module")
+def source(config) -> Path:
+    """Our benchmark: 2 levels (dense and one pruned) x 4 samples of digits."""
+    return build_instances(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def packed(source, tmp_path_factory) -> Path:
+    return pack_benchmark(source, tmp_path_factory.mktemp("pack") / "packed",
+                          verified={0: 75.0})
+
+
+@pytest.fixture(scope="module")
+def packed_seed(source, tmp_path_factory) -> Path:
+    return pack_benchmark(source, tmp_path_factory.mktemp("pack") / "seeded", seed=3)
+
+
+def _rows(folder: Path) -> list[list[str]]:
+    with open(folder / "instances.csv", newline="") as handle:
+        return [row for row in csv.reader(handle) if row]
+
+
+def _run_script(folder: Path, seed: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    """As VNN-COMP runs it: its own process, cwd the benchmark folder, and a PYTHONPATH whose
+    `bench` package fails on import, so the script cannot lean on prune-bench."""
+    poison = tmp_path / "poison"
+    (poison / "bench").mkdir(parents=True, exist_ok=True)
+    (poison / "bench" / "__init__.py").write_text(
+        "raise ImportError('generate_properties.py must not import bench')\n")
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(poison)}
+    return subprocess.run([sys.executable, "generate_properties.py", str(seed)], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def _generated(folder: Path) -> dict[str, bytes]:
+    files = {"instances.csv": (folder / "instances.csv").read_bytes()}
+    for path in sorted((folder / "vnnlib").iterdir()):
+        files[f"vnnlib/{path.name}"] = path.read_bytes()
+    return files
+
+
+def test_layout_and_gzipped_files_are_the_originals(source, packed):
+    manifest = load_manifest(source)
+    assert sorted(p.relative_to(packed).as_posix() for p in packed.rglob("*") if p.is_file()) \
+        == sorted(["README.md", "data/pool.npz", "generate_properties.py", "instances.csv"]
+                  + [f"{m['onnx']}.gz" for m in manifest["models"]]
+                  + [f"{p['vnnlib']}.gz" for p in manifest["properties"]])
+    files = [m["onnx"] for m in manifest["models"]] + [p["vnnlib"] for p in manifest["properties"]]
+    for rel in files:
+        assert gzip.decompress((packed / f"{rel}.gz").read_bytes()) == (source / rel).read_bytes()
+    # Nothing reduced: the build's instances.csv, listing the names VNN-COMP has after gunzip.
+    assert (packed / "instances.csv").read_bytes() == (source / "instances.csv").read_bytes()
+
+
+def test_packed_folders_pass_check(packed, packed_seed):
+    assert check_benchmark(packed) == []
+    assert check_benchmark(packed_seed) == []
+
+
+def test_generate_properties_imports_only_numpy_and_the_standard_library(packed):
+    tree = ast.parse((packed / "generate_properties.py").read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add((node.module or "").split(".")[0])
+    assert modules <= {"__future__", "csv", "io", "sys", "pathlib", "numpy"}
+
+
+def test_generate_properties_is_deterministic_and_seeded(packed, tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        folder = shutil.copytree(packed, tmp_path / name)
+        done = _run_script(folder, seed, tmp_path)
+        assert done.returncode == 0, done.stderr
+        runs[name] = _generated(folder)
+        # Plain .vnnlib files now; the shipped .gz properties are gone, the folder still checks.
+        assert not list((folder / "vnnlib").glob("*.gz"))
+        assert check_benchmark(folder) == []
+    assert runs["a"] == runs["b"]
+    assert set(runs["a"]) != set(runs["c"])  # another seed, other samples
+
+    pool = np.load(packed / "data" / "pool.npz", allow_pickle=False)
+    rows = [row for row in csv.reader(runs["a"]["instances.csv"].decode().splitlines())]
+    models = [str(m) for m in pool["onnx"]]
+    chosen = sorted({row[1] for row in rows})
+    assert len(chosen) == int(pool["properties"]) == 4
+    assert rows == [[m, v, "300"] for m in models for v in chosen]
+    for rel in chosen:
+        index = int(rel.split("_")[1].split(".")[0])
+        position = int(np.flatnonzero(pool["index"] == index)[0])
+        assert pool["correct"][:, position].all()  # every model classifies it correctly
+        # Byte for byte what prune-bench's own writer gives for that sample.
+        expected = robustness_property(pool["x"][position], int(pool["y"][position]),
+                                       float(pool["eps"]), int(pool["num_outputs"]))
+        assert runs["a"][rel].decode() == expected
+
+
+def test_generate_properties_rejects_a_bad_seed(packed, tmp_path):
+    folder = shutil.copytree(packed, tmp_path / "bad")
+    done = _run_script(folder, -1, tmp_path)
+    assert done.returncode == 2 and "SEED" in done.stderr
+
+
+def test_pack_with_a_seed_ships_what_the_script_writes(packed_seed, tmp_path):
+    shipped = {rel: gzip.decompress((packed_seed / f"{rel}.gz").read_bytes())
+               for rel in sorted({row[1] for row in _rows(packed_seed)})}
+    instances = (packed_seed / "instances.csv").read_bytes()
+    folder = shutil.copytree(packed_seed, tmp_path / "again")
+    assert _run_script(folder, 3, tmp_path).returncode == 0
+    again = _generated(folder)
+    assert again.pop("instances.csv") == instances
+    assert again == shipped
+
+
+def test_cap_reduces_properties_per_model(source, tmp_path):
+    # Room for 2 properties x 2 models x 300 s, not 3.
+    packed = pack_benchmark(source, tmp_path / "capped", max_total_timeout=1500)
+    rows = _rows(packed)
+    assert len(rows) == 4 and sum(float(r[2]) for r in rows) <= 1500
+    assert sorted({r[1] for r in rows}) == ["vnnlib/sample_0000.vnnlib",
+                                            "vnnlib/sample_0001.vnnlib"]
+    assert sorted(p.name for p in (packed / "vnnlib").iterdir()) == \
+        ["sample_0000.vnnlib.gz", "sample_0001.vnnlib.gz"]
+    readme = (packed / "README.md").read_text()
+    assert "**Reduced**" in readme and "2 properties per model are kept" in readme
+    assert int(np.load(packed / "data" / "pool.npz")["properties"]) == 2
+    assert check_benchmark(packed) == []
+
+    seeded = pack_benchmark(source, tmp_path / "capped_seed", seed=5, max_total_timeout=1500)
+    assert len(_rows(seeded)) == 4
+
+
+def test_cap_refuses_when_not_one_property_per_model_fits(source, tmp_path):
+    with pytest.raises(BenchError, match="cap") as info:
+        pack_benchmark(source, tmp_path / "none", max_total_timeout=500)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "none").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".none")]
+
+
+def test_readme_lists_each_model(source, packed):
+    manifest = load_manifest(source)
+    readme = (packed / "README.md").read_text()
+    assert "VNN-COMP's cap: 21600 s" in readme and "2400 s in all" in readme
+    lines = {line.split("|")[1].strip(): line for line in readme.splitlines()
+             if line.startswith("| `onnx/")}
+    for model in manifest["models"]:
+        line = lines[f"`{model['onnx']}`"]
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1] == str(model["level"])
+        assert cells[2] == f"{model['remain_ratio']:.4f}"
+        assert cells[3] == f"{1 - model['remain_ratio']:.4f}"
+        assert cells[4] == f"{model['parameters']:,}"
+        assert cells[5] == f"{model['nonzero_parameters']:,}"
+        assert cells[6] == f"{100 * model['clean_accuracy']:.2f} %"
+        assert cells[7] == ("75.00 %" if model["level"] == 0 else "n/a")
+    assert "python generate_properties.py SEED" in readme
+
+
+def test_refuses_existing_destination_and_tampered_source(source, packed, tmp_path):
+    with pytest.raises(BenchError, match="already exists"):
+        pack_benchmark(source, packed)
+    copy = shutil.copytree(source, tmp_path / "tampered")
+    with open(copy / "vnnlib" / "sample_0000.vnnlib", "a") as handle:
+        handle.write("; changed\n")
+    with pytest.raises(BenchError, match="fails `bench check`.*sha256"):
+        pack_benchmark(copy, tmp_path / "out")
+
+
+def test_verified_accuracy_from_db(source, tmp_path):
+    manifest = load_manifest(source)
+    db_path = tmp_path / "results.db"
+    empty = {name: None for name in COLUMNS}
+    with ResultsDB(db_path) as db:
+        for inst in manifest["instances"]:
+            if inst["level"] == 1 and inst["sample_index"] == 3:
+                continue  # level 1 is incomplete: its verified accuracy is unknown
+            db.record({**empty, "benchmark": source.name, "root": str(source),
+                       "onnx": inst["onnx"], "vnnlib": inst["vnnlib"], "verifier": "v",
+                       "status": "unsat", "started_at": "2026-01-01T00:00:00"})
+    level0 = [i for i in manifest["instances"] if i["level"] == 0]
+    expected = 100.0 * sum(bool(i["correct"]) for i in level0) / len(level0)
+    assert verified_accuracy_from_db(db_path, source.name, "v") == {0: expected}
+    with pytest.raises(BenchError, match="no results"):
+        verified_accuracy_from_db(db_path, source.name, "other")
+
+
+def test_pack_a_vnnlib_2_benchmark(config, source, tmp_path):
+    """The same build exported with VNN-LIB 2.0 properties: the pool check, the shipped files
+    and generate_properties.py all speak 2.0."""
+    dataset = load_dataset("digits")
+    levels = train_levels(config, dataset, progress=False)  # finished: loaded, not retrained
+    manifest = load_manifest(source)
+    root = tmp_path / "v2"
+    write_benchmark(root, manifest["config"], manifest["dataset"],
+                    [ExportedModel(lv.level, lv.model, lv.metrics["remain_ratio"],
+                                   lv.metrics["clean_accuracy"], lv.metrics["layer_sparsity"])
+                     for lv in levels],
+                    dataset.test_x[:4], dataset.test_y[:4], list(range(4)), eps=config.eps,
+                    timeout=config.timeout, vnnlib_version=2)
+    as_built = pack_benchmark(root, tmp_path / "packed_v2")
+    assert gzip.decompress((as_built / "vnnlib" / "sample_0000.vnnlib.gz").read_bytes()) == \
+        (root / "vnnlib" / "sample_0000.vnnlib").read_bytes()
+    seeded = pack_benchmark(root, tmp_path / "packed_v2_seed", seed=4)
+    for folder in (as_built, seeded):
+        assert check_benchmark(folder) == []  # parsed by the vnnlib package
+        for path in (folder / "vnnlib").iterdir():
+            assert is_vnnlib2(gzip.decompress(path.read_bytes()).decode())
+    assert "VNN-LIB 2.0 properties" in (seeded / "README.md").read_text()

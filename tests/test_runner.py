@@ -1,0 +1,121 @@
+"""Reading benchmark folders and running a verifier over them."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.errors import BenchError
+from bench.results import ResultsDB
+from bench.runner import find_benchmarks, read_instances, run_benchmarks
+from bench.verifiers.marabou import find_executable
+
+FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+
+
+@pytest.fixture
+def benchmark(tmp_path) -> Path:
+    folder = tmp_path / "benchmarks" / "test"
+    shutil.copytree(FIXTURES, folder)
+    return folder
+
+
+def test_read_instances(benchmark):
+    (benchmark / "instances.csv").write_text(
+        "test_nano.onnx,test_nano.vnnlib,60\n\n  test_sat.onnx , test_prop.vnnlib , 12.5 \n\n")
+    instances = read_instances(benchmark)
+    assert [(i.onnx, i.vnnlib, i.timeout) for i in instances] == [
+        ("test_nano.onnx", "test_nano.vnnlib", 60.0), ("test_sat.onnx", "test_prop.vnnlib", 12.5)]
+    assert all(i.benchmark == "test" and i.root == benchmark.resolve() for i in instances)
+    assert instances[1].onnx_path.is_file()
+
+
+@pytest.mark.parametrize("content, line, message", [
+    ("a.onnx,b.vnnlib,60\na.onnx,b.vnnlib\n", 2, "expected 'onnx,vnnlib,timeout'"),
+    ("a.onnx,b.vnnlib,60,extra\n", 1, "expected 'onnx,vnnlib,timeout'"),
+    ("a.onnx,b.vnnlib,soon\n", 1, "is not a number"),
+    ("\na.onnx,b.vnnlib,-1\n", 2, "must be positive"),
+    (",b.vnnlib,60\n", 1, "expected 'onnx,vnnlib,timeout'"),
+])
+def test_malformed_instances_csv(benchmark, content, line, message):
+    (benchmark / "instances.csv").write_text(content)
+    with pytest.raises(BenchError, match=message) as err:
+        read_instances(benchmark)
+    assert f"instances.csv, line {line}" in str(err.value)
+
+
+def test_find_benchmarks(benchmark, tmp_path):
+    assert find_benchmarks(benchmark) == [benchmark]
+    second = benchmark.parent / "another"
+    second.mkdir()
+    (second / "instances.csv").write_text("")
+    (benchmark.parent / "not_a_benchmark").mkdir()
+    assert find_benchmarks(benchmark.parent) == [second, benchmark]
+    for empty in (tmp_path / "empty", tmp_path / "nowhere"):
+        if empty.name == "empty":
+            empty.mkdir()
+        with pytest.raises(BenchError, match="bench build-instances") as err:
+            find_benchmarks(empty)
+        assert str(empty) in str(err.value)
+
+
+@pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
+def test_run_then_rerun_skips(benchmark, tmp_path):
+    results = tmp_path / "out" / "results.sqlite"
+    summary = run_benchmarks([benchmark], "marabou", results, progress=False)
+    assert summary.counts == {"unsat": 4, "sat": 1} and summary.skipped == 0
+    assert summary.verifier_installed
+    assert Path(summary.log_dir) == tmp_path / "out" / "results_logs"
+    rows = ResultsDB(results).rows(benchmark="test", verifier="marabou")
+    assert len(rows) == 5
+    sat = [r for r in rows if r["status"] == "sat"]
+    assert sat[0]["onnx"] == "test_sat.onnx" and sat[0]["cex_check"] in (
+        "correct", "correct_up_to_tolerance")
+    assert all(Path(r["log_path"]).is_dir() for r in rows)
+
+    again = run_benchmarks([benchmark], "marabou", results, progress=False)
+    assert again.counts == {} and again.skipped == 5
+
+    forced = run_benchmarks([benchmark], "marabou", results, progress=False, rerun=True,
+                            timeout=30)
+    assert forced.run == 5 and forced.skipped == 0
+    assert {r["timeout"] for r in ResultsDB(results).rows()} == {30.0}
+
+
+@pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
+def test_errors_are_retried_and_one_failure_does_not_stop_the_run(benchmark, tmp_path):
+    results = tmp_path / "results.sqlite"
+    (benchmark / "instances.csv").write_text(
+        "missing.onnx,test_prop.vnnlib,30\ntest_unsat.onnx,test_prop.vnnlib,30\n")
+    summary = run_benchmarks([benchmark], "marabou", results, progress=False,
+                             log_dir=tmp_path / "logs")
+    assert summary.counts == {"error": 1, "unsat": 1}
+    assert (tmp_path / "logs").is_dir()
+    again = run_benchmarks([benchmark], "marabou", results, progress=False)
+    assert again.counts == {"error": 1} and again.skipped == 1
+
+
+def test_verifier_not_installed_records_every_instance(benchmark, tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.verifiers.marabou.find_executable", lambda: None)
+    results = tmp_path / "results.sqlite"
+    summary = run_benchmarks([benchmark], "marabou", results, progress=False)
+    assert summary.counts == {"error": 5} and not summary.verifier_installed
+    assert summary.install_hint.startswith("pip install maraboupy")
+    assert {r["reason"] for r in ResultsDB(results).rows()} == {summary.install_hint}
+
+
+def test_unknown_verifier(benchmark, tmp_path):
+    with pytest.raises(BenchError, match="unknown verifier"):
+        run_benchmarks([benchmark], "no-such-tool", tmp_path / "r.sqlite", progress=False)
+
+
+def test_summary_text():
+    from bench.runner import RunSummary
+
+    summary = RunSummary(counts={"unsat": 4, "sat": 1}, skipped=2, verifier="marabou",
+                         verifier_installed=False, install_hint="pip install it",
+                         results_path="r.db", log_dir="r_logs")
+    assert str(summary) == ("marabou: 5 run (sat 1, unsat 4), 2 skipped (already decided); "
+                            "results in r.db, logs in r_logs\nmarabou is not installed: "
+                            "pip install it")
