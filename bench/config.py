@@ -58,6 +58,7 @@ class BuildConfig:
     # export
     samples: int = 20  # the first N test samples become properties
     timeout: float = 300.0  # per-instance timeout written to instances.csv
+    vnnlib_version: int = 1  # 1: VNN-LIB 1.0 as VNN-COMP uses it; 2: VNN-LIB 2.0
     # bookkeeping
     seed: int = 0
     seeds: list[int] | None = None  # several seeds: one build per seed (tables average them)
@@ -66,7 +67,7 @@ class BuildConfig:
 
     # Fields that only say where things go: they do not change what is built.
     _WHERE = ("data_dir", "download", "out", "runs_dir", "seeds")
-    _EXPORT = ("samples", "timeout")
+    _EXPORT = ("samples", "timeout", "vnnlib_version")
 
     def validate(self) -> "BuildConfig":
         def need(cond: bool, message: str) -> None:
@@ -84,6 +85,7 @@ class BuildConfig:
         need(self.eps >= 0.0, f"eps must be >= 0 (got {self.eps})")
         need(self.samples >= 1, f"samples must be >= 1 (got {self.samples})")
         need(self.timeout > 0, f"timeout must be > 0 (got {self.timeout})")
+        need(self.vnnlib_version in (1, 2), f"vnnlib_version must be 1 or 2 (got {self.vnnlib_version})")
         need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
         need(self.eps_start_epoch >= 1, "eps_start_epoch counts from 1")
         need(self.eps_length >= 1, f"eps_length must be >= 1 (got {self.eps_length})")

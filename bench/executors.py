@@ -252,28 +252,31 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    # An exception, not os._exit: the harness's handler kills the tool's process tree first.
+def exit_on_signal(signum: int, frame: object) -> None:
+    """A signal handler that ends the process by an exception, not at once: on the way out the
+    harness kills the tool's process tree, and the runner stops its workers."""
     raise SystemExit(128 + signum)
 
 
 def _enter_worker(parent_pid: int, slot: Slot, death_signal: int) -> None:
     die_with_parent(parent_pid, death_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     if slot.cuda_visible_devices is not None:
         # Before anything touches CUDA; the tool inherits it through the harness's environment.
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
 
 
 def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -> None:
-    """A pool worker: receives units until it receives None; writes each row, then reports it."""
+    """A pool worker: receives units until it receives None; writes each row, then reports it.
+    Messages are ``(kind, payload, status)``: ("row", key, status), ("unit_done", None, None),
+    ("fatal", traceback, None)."""
     _enter_worker(parent_pid, slot, signal.SIGTERM)
     try:
         verifier = spec.make_verifier()
         db = ResultsDB(spec.results_path)
     except Exception:
-        conn.send(("fatal", traceback.format_exc()))
+        conn.send(("fatal", traceback.format_exc(), None))
         return
 
     def deliver(row: Row) -> None:
@@ -291,7 +294,7 @@ def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -
         try:
             run_unit(verifier, spec, unit, slot.device, deliver)
         except Exception:
-            conn.send(("fatal", traceback.format_exc()))
+            conn.send(("fatal", traceback.format_exc(), None))
             return
         conn.send(("unit_done", None, None))
 
@@ -343,13 +346,12 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
     db = ResultsDB(spec.results_path)
 
     def feed(worker: _PoolWorker) -> None:
-        while queue:
-            unit = queue.popleft()
-            if worker.send(unit):
-                return
-            queue.appendleft(unit)  # the worker is gone; its death is handled below
+        if not queue:
+            worker.send(None)
             return
-        worker.send(None)
+        unit = queue.popleft()
+        if not worker.send(unit):
+            queue.appendleft(unit)  # the worker is gone; its death is handled below
 
     def bury(worker: _PoolWorker) -> None:
         """A worker exited: settle what it had in flight, and replace it if work remains."""
@@ -392,13 +394,13 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
                 # last row and be gone by the time we look.
                 try:
                     while worker.conn.poll():
-                        kind, key, status = worker.conn.recv()
+                        kind, payload, status = worker.conn.recv()
                         if kind == "fatal":
-                            raise WorkerFailed(f"worker {worker.number} failed:\n{key}")
+                            raise WorkerFailed(f"worker {worker.number} failed:\n{payload}")
                         if kind == "row":
                             deaths_without_progress = 0
-                            worker.pending.discard(key)
-                            on_result(key, status)
+                            worker.pending.discard(payload)
+                            on_result(payload, status)
                         elif kind == "unit_done":
                             worker.unit, worker.pending = None, set()
                             feed(worker)

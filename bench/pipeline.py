@@ -19,6 +19,7 @@ import torch.nn as nn
 import yaml
 
 from bench.config import BuildConfig
+from bench.checkpoints import load_tensors
 from bench.data import load_dataset
 from bench.data.base import Dataset
 from bench.errors import BenchError
@@ -56,9 +57,7 @@ def save_tensors_atomic(tensors: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_tensors(path: Path) -> dict:
-    # weights_only: a checkpoint is data, never code to run.
-    return torch.load(path, map_location="cpu", weights_only=True)
+
 
 
 def resolve(config: BuildConfig) -> BuildConfig:
@@ -221,6 +220,6 @@ def build_instances(config: BuildConfig, progress: bool = True) -> Path:
          "std": list(dataset.std), "input_shape": list(dataset.input_shape),
          "num_classes": dataset.num_classes},
         exported, dataset.test_x[:n], dataset.test_y[:n], list(range(n)),
-        eps=config.eps, timeout=config.timeout,
+        eps=config.eps, timeout=config.timeout, vnnlib_version=config.vnnlib_version,
     )
     return root

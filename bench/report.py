@@ -70,7 +70,7 @@ STATUSES = ("sat", "unsat", "timeout", "unknown", "error")
 
 @dataclass(frozen=True)
 class Metric:
-    header: str  # Markdown / HTML / CSV-free label
+    header: str  # column header in Markdown and HTML
     latex: str  # LaTeX header, already escaped
     spec: str  # format spec of one number
 
@@ -179,7 +179,7 @@ class Setting:
                  "eps" + eps_text(self.eps).replace("/", "-")]
         if self.verifier:
             parts.append(self.verifier)
-        return "__".join(re.sub(r"[^A-Za-z0-9.-]", "-", p) for p in parts)
+        return "__".join(re.sub(r"[^A-Za-z0-9._-]", "-", p) for p in parts)
 
 
 @dataclass
@@ -193,6 +193,16 @@ class Run:
     variant: tuple  # the build options that are neither the setting nor the seed
     structured: bool | None
     dense_id: str  # identity of this seed's level-0 network
+    _provenance: dict[str, set[str]] | None = field(default=None, repr=False)
+
+    def provenance(self) -> dict[str, set[str]]:
+        """Distinct values of each provenance column in this run's results (computed once:
+        a run has one row per instance, and several summary rows ask)."""
+        if self._provenance is None:
+            rows = self.table.results if self.table is not None else []
+            self._provenance = {c: {str(r[c]) for r in rows if r.get(c) is not None}
+                                for c in PROVENANCE}
+        return self._provenance
 
     def levels(self) -> dict[int, dict[str, float | None]]:
         rows = {r.level: r for r in self.table.rows} if self.table is not None else {}
@@ -250,7 +260,7 @@ def make_run(table: Any | None, manifest: dict, benchmark: str) -> Run:
                                               benchmark))
     flags = {m["structured"] for m in models if isinstance(m.get("structured"), bool)}
     level0 = next((m for m in models if int(m.get("level", -1)) == 0), None)
-    sha = manifest.get("files", {}).get(level0["onnx"]) if level0 else None
+    sha = manifest.get("files", {}).get(level0.get("onnx")) if level0 else None
     return Run(
         benchmark=benchmark, manifest=manifest, table=table,
         seed=benchmark if seed is None else str(seed),
@@ -374,14 +384,16 @@ class SummaryRow:
     provenance: dict[str, str]
 
 
-def _joined(rows: Iterable[dict], column: str) -> str:
-    return "; ".join(sorted({str(r[column]) for r in rows if r.get(column) is not None}))
+PROVENANCE = ("verifier_version", "params_hash", "suite_version", "host", "device")
 
 
 def _provenance(runs: Iterable[Run]) -> dict[str, str]:
-    rows = [r for run in runs if run.table is not None for r in run.table.results]
-    return {c: _joined(rows, c) for c in
-            ("verifier_version", "params_hash", "suite_version", "host", "device")}
+    """Per provenance column, its distinct values over the runs' results, "; "-joined."""
+    values: dict[str, set[str]] = {c: set() for c in PROVENANCE}
+    for run in runs:
+        for column, seen in run.provenance().items():
+            values[column] |= seen
+    return {c: "; ".join(sorted(v)) for c, v in values.items()}
 
 
 def summary_rows(groups: Sequence[Group]) -> list[SummaryRow]:
@@ -396,7 +408,7 @@ def summary_rows(groups: Sequence[Group]) -> list[SummaryRow]:
         dense = aggregate_levels(runs, only=[0])[0]
         method = "Dense" if len(by_dense) == 1 else \
             f"Dense ({', '.join(g.label for g in members)})"
-        rows.append(SummaryRow(method, MISSING, 0, dense.seeds, dense.stats, False, True,
+        rows.append(SummaryRow(method, "", 0, dense.seeds, dense.stats, False, True,
                                _provenance(runs)))
     for group in groups:
         best = group.levels.get(group.best) if group.best is not None else None
@@ -487,8 +499,7 @@ def summary_csv_rows(setting: Setting, rows: list[SummaryRow]) -> tuple[list[str
               "level", "seeds"]
     for metric in SUMMARY_METRICS:
         header += [metric, f"{metric}_std"]
-    header += ["lottery_ticket", "verifier_version", "params_hash", "suite_version", "host",
-               "device"]
+    header += ["lottery_ticket", *PROVENANCE]
     body = []
     for r in rows:
         line = [setting.dataset, setting.model, setting.training, setting.eps, setting.verifier,
@@ -496,9 +507,7 @@ def summary_csv_rows(setting: Setting, rows: list[SummaryRow]) -> tuple[list[str
                 "" if r.level is None else r.level, r.seeds]
         for metric in SUMMARY_METRICS:
             line += [_csv_number(r.stats.get(metric)), _csv_number(r.stats.get(metric), True)]
-        line += [r.lottery, *(r.provenance[c] for c in
-                              ("verifier_version", "params_hash", "suite_version", "host",
-                               "device"))]
+        line += [r.lottery, *(r.provenance[c] for c in PROVENANCE)]
         body.append(line)
     return header, body
 
@@ -553,10 +562,11 @@ def _in_panel(group: Group, structured: bool) -> bool:
 
 
 def _plot_metric(axes: Any, groups: Sequence[Group], metric: str, colors: dict[str, str],
-                 stars: bool = False) -> bool:
-    """One line per group with a ±std band; stars on certified lottery tickets. Returns
-    whether anything was drawn."""
-    drawn = star_labelled = False
+                 stars: bool = False, top: float = math.inf) -> bool:
+    """One line per group with a ±std band (clipped to [0, top]: no metric here is negative,
+    no accuracy above 100 %); stars on certified lottery tickets. Returns whether anything was
+    drawn."""
+    drawn = starred = False
     for group in groups:
         levels = [level for level, s in group.levels.items() if s.stats.get(metric) is not None]
         if not levels:
@@ -566,16 +576,20 @@ def _plot_metric(axes: Any, groups: Sequence[Group], metric: str, colors: dict[s
         color = colors[group.label]
         axes.plot(levels, means, marker="o", markersize=4, color=color, label=group.label)
         if any(group.levels[lv].stats[metric].std is not None for lv in levels):
-            axes.fill_between(levels, means - stds, means + stds, color=color, alpha=0.18,
+            axes.fill_between(levels, np.clip(means - stds, 0, top),
+                              np.clip(means + stds, 0, top), color=color, alpha=0.18,
                               linewidth=0)
         tickets = [lv for lv in levels if lv in group.lottery]
         if stars and tickets:
             axes.scatter(tickets, [group.levels[lv].stats[metric].mean for lv in tickets],
                          marker="*", s=180, color=color, edgecolors="black", linewidths=0.6,
-                         zorder=3,
-                         label="_nolegend_" if star_labelled else "certified lottery ticket")
-            star_labelled = True
+                         zorder=3)
+            starred = True
         drawn = True
+    if starred:
+        # One neutral legend entry, after the pruners, for the stars of every colour.
+        axes.scatter([], [], marker="*", s=180, facecolor="white", edgecolors="black",
+                     linewidths=0.6, label="certified lottery ticket")
     return drawn
 
 
@@ -586,7 +600,11 @@ def _finish(axes: Any, title: str, ylabel: str, drawn: bool) -> None:
     axes.grid(alpha=0.3)
     axes.xaxis.get_major_locator().set_params(integer=True)
     if drawn:
-        axes.legend(loc="best", fontsize=8)
+        entries = len(axes.get_legend_handles_labels()[1])
+        if entries > 4:  # many pruners: beside the panel, where it hides no line
+            axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        else:
+            axes.legend(loc="best", fontsize=8)
     else:
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes,
                   color="gray")
@@ -606,7 +624,7 @@ def plot_verified(setting: Setting, groups: Sequence[Group], colors: dict[str, s
                                                f"{setting.title()}")
     for ax, (title, structured) in zip(axes[0], panels):
         members = [g for g in groups if _in_panel(g, structured)]
-        drawn = _plot_metric(ax, members, "verified_accuracy", colors, stars=True)
+        drawn = _plot_metric(ax, members, "verified_accuracy", colors, stars=True, top=100.0)
         _finish(ax, title, "verified accuracy (%)", drawn)
     return _save(figure, path)
 
@@ -686,7 +704,8 @@ def render_markdown(blocks: Sequence[Block]) -> str:
 def render_html(blocks: Sequence[Block], title: str) -> str:
     def inline(items: Sequence[Inline]) -> str:
         return "".join(f'<a href="{html.escape(i.href)}">{html.escape(i.text)}</a>'
-                       if isinstance(i, Link) else html.escape(i) for i in items)
+                       if isinstance(i, Link) else
+                       re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(i)) for i in items)
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title>",
@@ -759,14 +778,15 @@ def write_report(tables: Sequence[Any], results: Sequence[dict], out_dir: Path,
         run = make_run(table, table.manifest, table.benchmark)
         by_setting[setting_of(run, table.verifier)].append(run)
         manifests[table.benchmark] = table.manifest
-    labels = sorted({g for runs in by_setting.values() for g in
-                     (grp.label for grp in make_groups(runs))})
-    palette = [f"C{i}" for i in range(10)]
-    colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    grouped = {setting: make_groups(runs) for setting, runs in
+               sorted(by_setting.items(), key=lambda kv: _setting_key(kv[0]))}
+    # One colour per pruner label across every figure, so a pruner is recognisable anywhere.
+    labels = sorted({g.label for groups in grouped.values() for g in groups})
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
     outputs: list[SettingOutput] = []
-    for setting, runs in sorted(by_setting.items(), key=lambda kv: _setting_key(kv[0])):
-        groups = make_groups(runs)
+    for setting, groups in grouped.items():
+        runs = by_setting[setting]
         rows = summary_rows(groups)
         provenance = describe_provenance(r for run in runs for r in run.table.results)
         slug = setting.slug()

@@ -321,8 +321,8 @@ def describe_provenance(rows: Iterable[Mapping[str, Any]]) -> str:
     def values(name: str) -> list[str]:
         return sorted({str(r.get(name)) for r in rows if r.get(name) is not None})
 
-    versions = ", ".join(f"{name} {version}".strip() for name in values("verifier")
-                         for version in (values("verifier_version") or [""]))
+    versions = ", ".join(sorted({f"{r.get('verifier')} {r.get('verifier_version') or ''}".strip()
+                                 for r in rows if r.get("verifier")}))
     params = "; ".join(sorted({f"{r.get('params_hash')} {r.get('verifier_params') or ''}".strip()
                                for r in rows if r.get("params_hash")}))
     parts = [versions or "unknown verifier"]

@@ -24,15 +24,18 @@ and combine them with ``bench.results.merge``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from tqdm import tqdm
 
@@ -175,7 +178,8 @@ def shard_instances(instances: Iterable[Instance], shard: Shard | str | None) ->
 # --------------------------------------------------------------------------- progress
 
 
-def _clock(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
+    """h:mm:ss, or ? when unknown."""
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
@@ -219,7 +223,7 @@ class Progress:
         statuses = ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items())) or "none run yet"
         elapsed = time.monotonic() - self.started
         return (f"{self.desc}: {self.done}/{self.total} done ({statuses}; {self.skipped} "
-                f"skipped), {_clock(elapsed)} elapsed, {_clock(self.eta())} left")
+                f"skipped), {format_duration(elapsed)} elapsed, {format_duration(self.eta())} left")
 
     def _postfix(self) -> dict[str, int]:
         return {**dict(sorted(self.counts.items())), "skipped": self.skipped}
@@ -238,7 +242,7 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
-        if self.enabled and not self.tty:
+        if self.enabled and not self.tty and self.counts:  # the summary covers "nothing to do"
             self._print_line()
 
 
@@ -246,13 +250,20 @@ class Progress:
 
 
 def uses_gpu(verifier: Verifier) -> bool:
-    """Whether the verifier runs on a GPU: it says so (``uses_gpu``, attribute or property), or
-    its ``device`` parameter names a CUDA device."""
+    """Whether the verifier runs on a GPU (so workers are pinned to one and Ray tasks ask for
+    one): what it declares as ``uses_gpu`` (attribute, property or method), else what its
+    ``device()`` method or ``device`` parameter names (``cuda...``/``gpu``); CPU otherwise."""
     declared = getattr(verifier, "uses_gpu", None)
     if declared is not None:
-        return bool(declared)
-    device = str(verifier.params.get("device", "cpu")).lower()
-    return device.startswith(("cuda", "gpu"))
+        return bool(declared() if callable(declared) else declared)
+    device = verifier.params.get("device")
+    method = getattr(verifier, "device", None)
+    if callable(method):
+        try:
+            device = method()
+        except Exception:  # a bad setting: the run reports it per instance
+            device = None
+    return str(device or "cpu").lower().startswith(("cuda", "gpu"))
 
 
 def provenance(verifier: Verifier) -> dict[str, Any]:
@@ -326,26 +337,53 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
         bar.advance(status)
 
     try:
-        if units and executor == "ray":
-            gpu = uses_gpu(verifier)
-            summary.workers = workers or 0
-            executors.run_ray(spec, units, on_result, address=ray_address, max_in_flight=workers,
-                              num_gpus=1.0 if gpu else 0.0)
-        elif units:
-            gpu = uses_gpu(verifier)
-            slots = executors.make_slots(workers, gpu)
-            summary.workers = len(slots)
-            # In this process when nothing needs pinning; a pinned GPU worker needs its own
-            # environment, hence its own process, even alone.
-            if len(slots) == 1 and slots[0].cuda_visible_devices is None:
-                executors.run_serial(spec, units, slots[0], on_result)
-            else:
-                executors.run_pool(spec, units, slots, on_result)
+        with _stop_on_termination():
+            _execute(spec, units, on_result, summary, verifier, workers, executor, ray_address)
     finally:
         bar.close()
         summary.counts = dict(counts)
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _execute(spec: executors.RunSpec, units: list[list[Instance]], on_result: executors.OnResult,
+             summary: RunSummary, verifier: Verifier, workers: int | None, executor: str,
+             ray_address: str | None) -> None:
+    if not units:
+        return
+    gpu = uses_gpu(verifier)
+    if executor == "ray":
+        summary.workers = workers or 0
+        executors.run_ray(spec, units, on_result, address=ray_address, max_in_flight=workers,
+                          num_gpus=1.0 if gpu else 0.0)
+        return
+    slots = executors.make_slots(workers, gpu)
+    summary.workers = len(slots)
+    # In this process when nothing needs pinning; a pinned GPU worker needs its own environment,
+    # hence its own process, even alone.
+    if len(slots) == 1 and slots[0].cuda_visible_devices is None:
+        executors.run_serial(spec, units, slots[0], on_result)
+    else:
+        executors.run_pool(spec, units, slots, on_result)
+
+
+@contextlib.contextmanager
+def _stop_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does, by an exception: Python's default would
+    end this process at once and leave the tool it started running on (in its own session, it
+    gets no signal of ours). Signals that are ignored (``nohup``) or handled stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, executors.exit_on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _unique(instances: Iterable[Instance]) -> list[Instance]:

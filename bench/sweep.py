@@ -26,7 +26,7 @@ import bench
 from bench import executors
 from bench.config import BuildConfig
 from bench.errors import BenchError
-from bench.runner import Shard
+from bench.runner import Shard, format_duration
 
 Echo = Callable[[str], None]
 
@@ -140,7 +140,7 @@ class _Report:
         elif self.built and self.done < self.total:
             # The average time per build so far, not counting the skipped ones.
             left = (time.monotonic() - self.started) / self.built * (self.total - self.done)
-            text += f" ({self.total - self.done} left, about {left / 60:.0f} min)"
+            text += f" ({self.total - self.done} left, about {format_duration(left)})"
         self.echo(text)
 
 

@@ -123,11 +123,22 @@ def _term(token) -> tuple[str, float | int]:
         raise BenchError(f"unexpected VNN-LIB token {token!r}") from None
 
 
+# A crafted file of nested (and (or ..) (or ..) ..) expands exponentially; real properties have
+# at most a few thousand disjuncts.
+MAX_DISJUNCTS = 100_000
+
+
 def _conjunctions(expr) -> list[list]:
     """Expand an (or ...)/(and ...)/atom expression into a list of atom lists (DNF)."""
     head = expr[0]
     if head == "and":
         parts = [_conjunctions(e) for e in expr[1:]]
+        count = 1
+        for part in parts:
+            count *= len(part)
+            if count > MAX_DISJUNCTS:
+                raise BenchError(f"VNN-LIB property expands to more than {MAX_DISJUNCTS} "
+                                 "disjuncts; refusing it")
         return [sum(combo, []) for combo in product(*parts)]
     if head == "or":
         return [conj for e in expr[1:] for conj in _conjunctions(e)]
@@ -157,6 +168,9 @@ def parse_vnnlib(text: str) -> tuple[int, int, list[Disjunct]]:
     conjunctions: list[_Atoms] = [_Atoms(n_in, n_out)]
     for expr in asserts:
         expanded = _conjunctions(expr)
+        if len(expanded) * len(conjunctions) > MAX_DISJUNCTS:
+            raise BenchError(f"VNN-LIB property expands to more than {MAX_DISJUNCTS} disjuncts; "
+                             "refusing it")
         new = []
         for base in conjunctions:
             for conj in expanded:

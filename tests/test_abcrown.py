@@ -29,7 +29,7 @@ from bench.verifiers.abcrown import AbCrown, readable_vnnlib
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
 from bench.vnnlib import read_vnnlib
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE_ABCROWN = r'''

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from bench.errors import BenchError
 from bench.verifiers.cex import CexCheck, check_counterexample
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 SAT_ONNX, UNSAT_ONNX = FIXTURES / "test_sat.onnx", FIXTURES / "test_unsat.onnx"
 PROP = FIXTURES / "test_prop.vnnlib"
 

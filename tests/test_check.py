@@ -16,7 +16,7 @@ from bench.errors import BenchError
 from bench.export.benchmark import ExportedModel, write_benchmark
 from bench.vnnlib import robustness_property
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 
 
 def write_tiny_benchmark(root: Path, vnnlib_version: int = 1) -> Path:

@@ -69,3 +69,41 @@ def test_help_lists_commands():
     assert code == 0
     for command in ("build-instances", "run", "tables", "verifiers"):
         assert command in output
+
+
+def test_verifiers_lists_every_registered_verifier():
+    from bench.verifiers import VERIFIERS
+
+    code, output = invoke("verifiers")
+    assert code == 0
+    for name in VERIFIERS.names():
+        assert any(line.startswith(name) for line in output.splitlines()), name
+
+
+def test_installing_an_unknown_or_external_verifier(tmp_path):
+    code, output = invoke("verifiers", "install", "nope")
+    assert_clean_error(code, output, "unknown verifier 'nope'")
+    code, output = invoke("verifiers", "install", "abcrown")
+    assert_clean_error(code, output, "ABCROWN_HOME")
+
+
+def test_check_results_flags_a_soundness_alarm(tmp_path):
+    from bench.results import ResultsDB
+    from bench.verifiers.harness import RunRecord
+
+    db = ResultsDB(tmp_path / "r.db")
+    common = dict(benchmark="b", root=str(tmp_path), onnx="m.onnx", vnnlib="p.vnnlib",
+                  timeout=10.0, reason="", wall_time=1.0, verifier_version="1",
+                  verifier_time=None, peak_memory_mb=1.0, peak_gpu_memory_mb=None,
+                  cex_detail="", log_path="", started_at="2026-01-01T00:00:00+00:00", host="h")
+    db.record(RunRecord(verifier="one", status="unsat", cex_check=None, **common))
+    db.record(RunRecord(verifier="two", status="sat", cex_check="correct", **common))
+    db.close()
+    code, output = invoke("check-results", "--results", str(tmp_path / "r.db"))
+    assert code == 1
+    assert "Soundness alarms (1)" in output
+
+
+def test_bad_verifier_option():
+    code, output = invoke("run", "--verifier-option", "novalue")
+    assert code == 2 and "expected key=value" in output

@@ -71,6 +71,8 @@ def sigkill(process: subprocess.Popen) -> None:
     process.wait()
     workers = [c for c in children if _is_worker(c)]
     _, alive = psutil.wait_procs(workers, timeout=15)
+    for leftover in alive:
+        leftover.kill()
     assert not alive, f"workers outlived the killed runner: {alive}"
 
 
@@ -139,6 +141,24 @@ def test_kill_run_at_several_points_then_finish(tmp_path, workers):
     print(f"last run: {remaining} instances in {seconds:.1f} s")
 
 
+@pytest.mark.parametrize("workers", [None, 2], ids=["serial", "two-workers"])
+def test_sigterm_stops_the_tools_too(tmp_path, workers):
+    """A plain `kill` (or a closed terminal) ends the run without leaving its tools running."""
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 60.0)] * 2)
+    db, ledger, log = tmp_path / "results.db", tmp_path / "ledger.txt", tmp_path / "log.txt"
+    process = start(run_command(folder, db, workers), fv.plugin_env(ledger), log)
+    wanted = workers or 1
+    wait_for(lambda: len(fv.read_ledger(ledger)) >= wanted, process, log=log)
+    tools = [psutil.Process(int(line.split()[2])) for line in ledger.read_text().splitlines()]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) != 0
+    _, alive = psutil.wait_procs(tools, timeout=15)
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, "a tool outlived its runner"
+    assert db_rows(db) == {}  # an interrupted instance has no row: the next run does it
+
+
 def test_killed_worker_processes_die_with_the_runner(tmp_path):
     """run_tasks' processes get SIGKILL when their parent dies (PR_SET_PDEATHSIG)."""
     code = ("import time\nfrom bench import executors\n"
@@ -158,6 +178,8 @@ def test_killed_worker_processes_die_with_the_runner(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     _, alive = psutil.wait_procs(children, timeout=15)
+    for leftover in alive:
+        leftover.kill()
     assert not alive
 
 

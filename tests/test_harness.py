@@ -14,7 +14,7 @@ import pytest
 from bench.verifiers import Command, Instance, Status, Verdict, Verifier
 from bench.verifiers.harness import RunRecord, run_instance, run_process
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 
 
 class FakeTool(Verifier):

@@ -21,7 +21,7 @@ from bench.verifiers.harness import RunRecord, run_instance
 from bench.verifiers.lirpa import RESULT_FILE, STATS_FILE, Lirpa, parse_result_file
 from bench.vnnlib import robustness_property
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vnncomp2024-test"
+from paths import FIXTURES  # noqa: E402
 NUM_CLASSES = 10
 
 

@@ -11,7 +11,7 @@ from bench.verifiers import VERIFIERS, Instance, Status
 from bench.verifiers.harness import run_instance
 from bench.verifiers.marabou import Marabou, find_executable
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 KNOWN = {
     ("test_nano.onnx", "test_nano.vnnlib"): "unsat",
     ("test_tiny.onnx", "test_tiny.vnnlib"): "unsat",

@@ -13,7 +13,7 @@ import fake_verifier as fv
 from bench import executors
 from bench.config import make_config
 from bench.results import ResultsDB, params_hash
-from bench.runner import Progress, run_benchmarks
+from bench.runner import Progress, read_instances, run_benchmarks
 from bench.sweep import run_builds
 from bench.verifiers.marabou import find_executable
 
@@ -151,3 +151,26 @@ def test_build_sweep_in_two_processes(tmp_path):
     # Run again: both complete, nothing is rebuilt.
     again = run_builds(tiny_configs(tmp_path), workers=2, progress=False, echo=messages.append)
     assert all(o.skipped for o in again)
+
+
+def test_a_worker_that_cannot_start_stops_the_run(tmp_path):
+    # A verifier the workers do not know (say, a plugin missing on that side) is a setup error:
+    # the run stops with the worker's traceback instead of writing an error row per instance.
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 0.0)] * 3)
+    spec = executors.RunSpec(verifier="no-such-verifier", params={}, log_dir=tmp_path / "logs",
+                             results_path=tmp_path / "r.db", provenance={})
+    units = [[instance] for instance in read_instances(folder)]
+    with pytest.raises(executors.WorkerFailed, match="unknown verifier 'no-such-verifier'"):
+        executors.run_pool(spec, units, [executors.Slot("cpu")] * 2, lambda key, status: None)
+    assert ResultsDB(tmp_path / "r.db").rows() == []
+
+
+def test_which_verifiers_use_a_gpu():
+    from bench.runner import uses_gpu
+
+    class ByParameter(fv.FakeSleep):
+        parameters = {"device": "cpu"}
+        uses_gpu = None  # nothing declared: the device parameter decides
+
+    assert not uses_gpu(fv.FakeSleep()) and uses_gpu(fv.FakeSleep(gpu=True))
+    assert not uses_gpu(ByParameter()) and uses_gpu(ByParameter(device="cuda:1"))

@@ -143,7 +143,8 @@ def test_merge_reads_older_databases_and_rejects_others(tmp_path):
     assert summary.inserted == 1
     (row,) = read_rows(tmp_path / "new.db")
     assert row["status"] == "unsat" and row["params_hash"] is None
-    assert len(sqlite3.connect(old).execute("PRAGMA table_info(results)").fetchall()) == 6  # untouched
+    columns = sqlite3.connect(old).execute("PRAGMA table_info(results)").fetchall()
+    assert len(columns) == 6  # the source is only read, never migrated
 
     (tmp_path / "junk.db").write_text("not a database at all, just text" * 100)
     for bad in (tmp_path / "junk.db", tmp_path / "missing.db"):

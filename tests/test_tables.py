@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -108,14 +110,17 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_written_files(tables):
     out, written = tables
-    names = sorted(p.name for p in written)
-    assert names == sorted([
+    per_benchmark = sorted([
         "tiny-bench__crown.md", "tiny-bench__crown.csv", "tiny-bench__crown.png",
         "tiny-bench__milp.md", "tiny-bench__milp.csv", "tiny-bench__milp.png", "index.md",
     ])
-    assert all(p.parent == out and p.is_file() for p in written)
+    assert sorted(p.name for p in written if p.parent == out
+                  and not p.name.startswith("report.")) == per_benchmark
+    assert {out / "report.md", out / "report.html"} <= set(written)
+    assert all(p.is_file() and out in p.parents for p in written)
     index = (out / "index.md").read_text()
-    for name in names:
+    assert "](report.md)" in index.split("\n## ")[0]  # the report is linked at the top
+    for name in per_benchmark:
         if name != "index.md":
             assert f"]({name})" in index
 
@@ -174,3 +179,226 @@ def test_moved_benchmark_is_a_user_error(tmp_path: Path, benchmark_root: Path):
     db = write_db(tmp_path / "results.sqlite", [result(moved, 0, 0, "crown", "unsat")])
     with pytest.raises(BenchError, match="manifest.json"):
         make_tables(db, tmp_path / "out")
+
+
+# --- summaries over seeds, figures and the report (bench/report.py) ----------------------------
+#
+# Two pruners (imp: unstructured, with every per-level metric; slim: structured, without PGD or
+# instability metrics) x two seeds x three levels, four correctly classified samples each, so
+# verified accuracy = 25 % per unsat. The manifests are written directly: the tables read
+# nothing else of a benchmark folder.
+
+N_SAMPLES = 4
+SEEDS = (100, 200)
+# (pruner, seed) -> per level: (unsat count, remain ratio, standard accuracy); imp also has
+# pgd accuracy, instability, pre-BN instability and unstable ratio.
+PLAN = {
+    ("imp", 100): [(2, 1.0, 0.80), (3, 0.8, 0.85), (2, 0.64, 0.78)],
+    ("imp", 200): [(2, 1.0, 0.82), (4, 0.8, 0.83), (3, 0.64, 0.80)],
+    ("slim", 100): [(2, 1.0, 0.80), (2, 0.89, 0.82), (3, 0.79, 0.81)],
+    ("slim", 200): [(2, 1.0, 0.82), (3, 0.90, 0.82), (2, 0.80, 0.81)],
+}
+IMP_EXTRA = {100: [(0.60, 10.0, 20.0, 0.30), (0.65, 6.0, 12.0, 0.20), (0.55, 4.0, 8.0, 0.10)],
+             200: [(0.62, 12.0, 24.0, 0.32), (0.66, 8.0, 16.0, 0.22), (0.58, 5.0, 10.0, 0.12)]}
+# Wall time per instance: per (pruner, seed), the same at every level.
+WALL = {("imp", 100): 2.0, ("slim", 100): 4.0, ("imp", 200): 6.0, ("slim", 200): 8.0}
+TRAINING = "fast_ibp"  # an underscore, to check the LaTeX escapes
+SLUG = f"fmnist__cnn7__{TRAINING}__eps2-255__crown"
+
+
+def fake_manifest(pruner: str, seed: int, config_extra: dict | None = None) -> dict:
+    structured = pruner == "slim"
+    models, instances, files = [], [], {}
+    for level, (_, remain, std) in enumerate(PLAN[(pruner, seed)]):
+        onnx = f"onnx/level_{level:02d}.onnx"
+        entry = {"onnx": onnx, "level": level, "remain_ratio": remain, "clean_accuracy": std - 0.1,
+                 "standard_accuracy": std, "layer_sparsity": {}, "seed": seed,
+                 "pruner": pruner, "structured": structured}
+        if pruner == "imp":
+            pgd, instability, pre_bn, unstable = IMP_EXTRA[seed][level]
+            entry.update(pgd_accuracy=pgd, instability=instability, instability_pre_bn=pre_bn,
+                         unstable_ratio=unstable, unstable_ratio_per_layer=[unstable])
+        models.append(entry)
+        # Both pruners train the same dense network per seed (no regularizer).
+        files[onnx] = f"dense-{seed}" if level == 0 else f"{pruner}-{seed}-{level}"
+        instances += [{"onnx": onnx, "vnnlib": f"vnnlib/sample_{i:04d}.vnnlib", "timeout": 60.0,
+                       "level": level, "sample_index": i, "label": 0, "correct": True}
+                      for i in range(N_SAMPLES)]
+    config = {"dataset": "fmnist", "model": "cnn7", "training": TRAINING, "pruner": pruner,
+              "eps": 2 / 255, "seed": seed, "out": "instances", **(config_extra or {})}
+    return {"format_version": 1, "benchmark": f"{pruner}-{seed}",
+            "created": "2026-11-25T09:00:00+00:00", "suite_version": "0.1.0",
+            "config": config, "dataset": {"name": "fmnist"}, "eps": 2 / 255, "timeout": 60.0,
+            "models": models, "instances": instances, "files": files}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory) -> tuple[Path, list[Path]]:
+    from bench.results import ResultsDB
+
+    base = tmp_path_factory.mktemp("seeded")
+    rows = []
+    for (pruner, seed), plan in PLAN.items():
+        root = base / "instances" / f"{pruner}-{seed}"
+        root.mkdir(parents=True)
+        (root / "manifest.json").write_text(json.dumps(fake_manifest(pruner, seed)))
+        for level, (unsat, _, _) in enumerate(plan):
+            for sample in range(N_SAMPLES):
+                rows.append({
+                    **result(root, level, sample, "crown", "unsat" if sample < unsat else "timeout",
+                             wall_time=WALL[(pruner, seed)], memory=100.0 * (level + 1)),
+                    "peak_gpu_memory_mb": 1000.0 - 100 * level, "suite_version": "0.1.0",
+                    "device": "cuda:0 (NVIDIA H100)", "params_hash": "abc123",
+                    "host": f"host-{seed}",
+                    "started_at": f"2026-11-2{6 if seed == 100 else 7}T10:00:0{level}+00:00"})
+    with ResultsDB(base / "results.db") as db:
+        for row in rows:
+            db.record(row)
+    out = base / "tables"
+    return out, make_tables(base / "results.db", out)
+
+
+def read_summary(out: Path) -> dict[str, dict]:
+    return {row["method"]: row for row in read_csv(out / "summary" / f"{SLUG}.csv")}
+
+
+def test_summary_means_and_stds_over_seeds(seeded):
+    out, _ = seeded
+    rows = read_summary(out)
+    assert list(rows) == ["Dense", "imp", "slim"]  # one Dense: both share level 0's network
+    dense, imp, slim = rows["Dense"], rows["imp"], rows["slim"]
+    assert (dense["level"], dense["seeds"], dense["verified_accuracy"]) == ("0", "2", "50.0")
+    assert dense["verified_accuracy_std"] == "0.0"
+    assert dense["standard_accuracy"] == "81.0" and dense["standard_accuracy_std"] == "1.4142"
+    assert dense["adversarial_accuracy"] == "61.0"  # slim has no PGD: imp's alone
+    # Dense time pools both pruners' level 0 within a seed (3 s, 7 s), then over seeds.
+    assert (dense["mean_time_s"], dense["mean_time_s_std"]) == ("5.0", "2.8284")
+    # imp: level 1 verifies 75 % and 100 %.
+    assert (imp["level"], imp["verified_accuracy"], imp["verified_accuracy_std"]) == \
+        ("1", "87.5", "17.6777")
+    assert (imp["remain_ratio"], imp["remain_ratio_std"]) == ("0.8", "0.0")
+    assert (imp["standard_accuracy"], imp["adversarial_accuracy"]) == ("84.0", "65.5")
+    assert (imp["mean_time_s"], imp["type"]) == ("4.0", "unstructured")
+    assert slim["type"] == "structured"
+    assert slim["adversarial_accuracy"] == slim["adversarial_accuracy_std"] == ""
+    assert {r["verifier_version"] for r in rows.values()} == {"1.2"}
+    assert imp["host"] == "host-100; host-200" and imp["device"] == "cuda:0 (NVIDIA H100)"
+
+
+def test_best_level_breaks_ties_towards_the_sparser_level(seeded):
+    out, _ = seeded
+    slim = read_summary(out)["slim"]
+    # Levels 1 and 2 both verify 62.5 % on average; level 2 keeps fewer channels.
+    assert (slim["level"], slim["verified_accuracy"]) == ("2", "62.5")
+    assert (slim["remain_ratio"], slim["remain_ratio_std"]) == ("0.795", "0.0071")
+    levels = {(r["method"], r["level"]): r for r in
+              read_csv(out / "levels" / f"{SLUG}.csv")}
+    assert [levels[("slim", lv)]["best"] for lv in "012"] == ["False", "False", "True"]
+    assert [levels[("imp", lv)]["best"] for lv in "012"] == ["False", "True", "False"]
+
+
+def test_certified_lottery_tickets(seeded):
+    out, _ = seeded
+    levels = {(r["method"], r["level"]): r for r in
+              read_csv(out / "levels" / f"{SLUG}.csv")}
+    # Dense: std 81 %, ver 50 %. imp level 2 verifies more but its std is 79 %: no ticket.
+    # slim level 2 has exactly the dense std (81 %): a match counts.
+    tickets = {key for key, row in levels.items() if row["lottery_ticket"] == "True"}
+    assert tickets == {("imp", "1"), ("slim", "1"), ("slim", "2")}
+    rows = read_summary(out)
+    assert (rows["Dense"]["lottery_ticket"], rows["imp"]["lottery_ticket"]) == ("False", "True")
+    markdown = (out / "summary" / f"{SLUG}.md").read_text()
+    assert "| imp | unstructured | 1 | 0.80 ± 0.00 | 84.0 ± 1.4 | 65.5 ± 0.7 | 87.5 ± 17.7 | " \
+           "4.00 ± 2.83 | 2 | ★ |" in markdown
+    assert "| Dense |  | 0 | 1.00 ± 0.00 | 81.0 ± 1.4 | 61.0 ± 1.4 | 50.0 ± 0.0 |" in markdown
+
+
+def test_missing_metrics_render_as_a_dash(seeded):
+    out, _ = seeded
+    markdown = (out / "summary" / f"{SLUG}.md").read_text()
+    slim = next(line for line in markdown.splitlines() if line.startswith("| slim "))
+    assert slim.split(" | ")[5] == "—"  # adv
+    per_level = (out / "levels" / f"{SLUG}.md").read_text()
+    slim0 = next(line for line in per_level.splitlines() if line.startswith("| slim | 0 "))
+    assert slim0.count("—") == 6  # adv, IBP, CROWN ver, instability, pre-BN, unstable ratio
+    imp1 = next(line for line in per_level.splitlines() if line.startswith("| imp | 1 "))
+    assert imp1.count("—") == 2 and "| 7 ± 1.414 | 14 ± 2.828 | 0.210 ± 0.014 |" in imp1
+    assert read_summary(out)["slim"]["adversarial_accuracy"] == ""  # CSV: empty, not a dash
+
+
+def test_latex_is_booktabs_and_escaped(seeded):
+    from bench.report import latex_escape
+
+    out, _ = seeded
+    tex = (out / "summary" / f"{SLUG}.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"std (\%)" in tex and r"fast\_ibp" in tex and "fast_ibp" not in tex.replace(
+        r"\label{tab:fmnist:cnn7:fast_ibp", "")
+    assert r"87.5 $\pm$ 17.7" in tex and r"$\star$ \\" in tex
+    assert "±" not in tex and "★" not in tex and "—" not in tex
+    assert latex_escape("a_b & 50% #1 {x} ~ ^ $") == \
+        r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} \textasciicircum{} \$"
+
+
+def test_figures_are_pngs(seeded):
+    out, written = seeded
+    figures = sorted(p.name for p in written if p.parent == out / "figures")
+    assert figures == sorted([f"verified__{SLUG}.png", f"cost__{SLUG}.png",
+                              f"instability__{SLUG.removesuffix('__crown')}.png",
+                              f"unstable_ratio__{SLUG.removesuffix('__crown')}.png"])
+    for name in figures:
+        path = out / "figures" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+
+
+def links(text: str, pattern: str) -> list[str]:
+    return [link for link in re.findall(pattern, text) if not link.startswith("http")]
+
+
+def test_report_links_resolve_and_carry_provenance(seeded):
+    out, written = seeded
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    md_links = links(markdown, r"\]\(([^)]+)\)")
+    html_links = links(html, r'(?:href|src)="([^"]+)"')
+    assert set(md_links) == set(html_links)
+    for link in md_links:
+        assert (out / link).is_file(), link
+    # Every table and figure is linked from the report.
+    linked = {(out / link).resolve() for link in md_links}
+    assert {p.resolve() for p in written if p.name not in ("report.md", "report.html")} <= linked
+    for text in ("crown", "1.2", "abc123", "host-100", "host-200", "cuda:0 (NVIDIA H100)",
+                 "0.1.0", "2026-11-26T10:00:00+00:00", "2026-11-27T10:00:02+00:00"):
+        assert text in markdown and text in html
+    # Result counts per status on host-100 (seed 100): unsat 2+3+2 (imp) + 2+2+3 (slim).
+    assert "| crown | 1.2 | abc123 | 0.1.0 | host-100 | cuda:0 (NVIDIA H100) | 24 | 0 | 14 | 10 " \
+        in markdown
+    index = (out / "index.md").read_text()
+    assert index.index("](report.md)") < index.index("## ")
+
+
+def test_build_variants_are_not_averaged_as_seeds():
+    from bench.report import make_groups, make_run, summary_rows
+
+    runs = [make_run(None, fake_manifest("imp", seed, {"prune_rate": rate}), f"imp-{seed}-{rate}")
+            for seed in SEEDS for rate in (0.2, 0.5)]
+    groups = make_groups(runs)
+    assert [(g.label, sorted(r.seed for r in g.runs)) for g in groups] == [
+        ("imp (prune_rate=0.2)", ["100", "200"]), ("imp (prune_rate=0.5)", ["100", "200"])]
+    # Same seeds, same level-0 files: one Dense row for both.
+    assert [r.method for r in summary_rows(groups)][:2] == ["Dense", "imp (prune_rate=0.2)"]
+
+    other = fake_manifest("slim", 100)
+    other["files"]["onnx/level_00.onnx"] = "regularized"
+    groups = make_groups([make_run(None, fake_manifest("imp", 100), "imp-100"),
+                          make_run(None, other, "slim-100")])
+    assert [r.method for r in summary_rows(groups) if r.dense] == ["Dense (imp)", "Dense (slim)"]
+
+
+def test_eps_text():
+    from bench.report import eps_text
+
+    assert [eps_text(e) for e in (2 / 255, 8 / 255, 0.1, 0.2, 0.05)] == \
+        ["2/255", "8/255", "0.1", "0.2", "0.05"]

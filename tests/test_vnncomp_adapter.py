@@ -17,7 +17,7 @@ from bench.verifiers.vnncomp import VnnComp
 from bench.verifiers.vnncomp_format import parse_counterexample, parse_vnncomp_result
 from bench.vnnlib import read_vnnlib
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 
 # What the fake tool does is picked by the property's file name.
 RUN_INSTANCE = r'''#!/bin/bash

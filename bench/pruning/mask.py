@@ -67,5 +67,7 @@ def save_mask(mask: Mask, path: Path) -> None:
 
 
 def load_mask(path: Path) -> Mask:
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    from bench.checkpoints import load_tensors  # tensors only, never pickled code
+
+    raw = load_tensors(path)
     return {k: v.to(torch.float32) for k, v in raw.items()}

@@ -44,7 +44,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -197,7 +197,7 @@ def interval_bounds(expr: Expr, lb: np.ndarray, ub: np.ndarray) -> tuple[np.ndar
     lower = expr.c + positive @ lb + negative @ ub
     upper = expr.c + positive @ ub + negative @ lb
     magnitude = np.abs(expr.c) + abs(A) @ np.maximum(np.abs(lb), np.abs(ub))
-    pad = INTERVAL_PAD_REL * magnitude + 1e-300
+    pad = INTERVAL_PAD_REL * magnitude
     return lower - pad, upper + pad
 
 
@@ -329,8 +329,8 @@ class Encoder:
             return self._call(node, target, *_concrete(args, kwargs, {}))
         kind = _op_kind(node, target)
         if kind == "shape":
-            zeros = {path: self.torch.zeros(_leaf(args, kwargs, path).shape, dtype=self.torch.float64)
-                     for path in variable}
+            zeros = {path: self.torch.zeros(_leaf(args, kwargs, path).shape,
+                                            dtype=self.torch.float64) for path in variable}
             return self._call(node, target, *_concrete(args, kwargs, zeros))
         if kind == "relu":
             if len(variable) != 1:
@@ -380,7 +380,6 @@ class Encoder:
         """``G`` with ``op(e_i) - op(0)`` as column i, the other variable operands at zero.
         Basis vectors go through the op as one batch when its input and output carry a batch
         dimension of 1, else one by one (a Reshape to a fixed shape would mix a batch)."""
-        torch = self.torch
         sparse = _sparse()
         n = expr.numel
         rows, cols, vals = [], [], []
@@ -528,7 +527,8 @@ def _leaf(args, kwargs, path):
 
 def _concrete(args, kwargs, operands: dict) -> tuple[tuple, dict]:
     """``(args, kwargs)`` with ``Expr`` leaves replaced by ``operands[path]`` and constant
-    tensors cloned (a module that works in place must not alter a shared constant)."""
+    tensors copied (a module that works in place must not alter a shared constant), floating
+    ones as float64 like everything else here (a float32 value is exact in float64)."""
     import torch
 
     def build(value, path):
@@ -539,7 +539,7 @@ def _concrete(args, kwargs, operands: dict) -> tuple[tuple, dict]:
         if isinstance(value, Expr):
             raise WorkerError("internal error: an input-dependent operand has no value")
         if isinstance(value, torch.Tensor):
-            return value.clone()
+            return value.double() if value.is_floating_point() else value.clone()
         return value
 
     new_args = build(tuple(args), ("args",))
@@ -737,20 +737,24 @@ def solve_spec(enc: Encoding, mat: np.ndarray, rhs: np.ndarray, slack: float,
 # --------------------------------------------------------------------------- main
 
 
-def output_slack(enc: Encoding) -> float:
-    """SLACK_ABS + SLACK_REL * the largest output magnitude over the box."""
-    lower, upper = interval_bounds(enc.output, np.asarray(enc.lb), np.asarray(enc.ub))
-    magnitude = float(np.max(np.maximum(np.abs(lower), np.abs(upper)), initial=0.0))
-    return SLACK_ABS + SLACK_REL * magnitude
+def output_slack(enc: Encoding, points: np.ndarray) -> float:
+    """SLACK_ABS + SLACK_REL * the largest output magnitude at the sampled points (interval
+    bounds of the outputs can be far looser than the values the network really takes)."""
+    values = evaluate(enc.output, np.stack([enc.assignment(p) for p in points]))
+    return SLACK_ABS + SLACK_REL * float(np.max(np.abs(values), initial=0.0))
 
 
-def confirm(reference: Reference, x: np.ndarray, inner, specs) -> tuple[np.ndarray, np.ndarray] | None:
-    """``x`` as float32 inside the box, if onnxruntime's outputs there reach a spec exactly."""
+def confirm(reference: Reference, x: np.ndarray, inner,
+            specs) -> tuple[tuple[np.ndarray, np.ndarray] | None, float]:
+    """``((x, y), excess)``: ``x`` as float32 inside the box and onnxruntime's outputs ``y``
+    there if they reach a spec exactly, else None; ``excess`` is by how much the closest spec
+    is missed (<= 0 when reached; inf without a float32 point in the box)."""
     if inner is None:
-        return None
+        return None, np.inf
     point = np.clip(x.astype(np.float32), inner[0], inner[1])
     y = reference(point)
-    return (point, y) if spec_holds(y, specs) else None
+    excess = min(float(np.max(mat @ y - rhs, initial=-np.inf)) for mat, rhs in specs)
+    return ((point, y) if spec_holds(y, specs) else None), excess
 
 
 def verify(args: argparse.Namespace, deadline: float,
@@ -804,7 +808,7 @@ def verify(args: argparse.Namespace, deadline: float,
         oracle = BoundsOracle(layers, points, note)
         enc = Encoder(network.graph, prepared_shape, box, oracle, deadline).encode()
         _check_encoding(enc, reference, points, inner)
-        slack = output_slack(enc)
+        slack = output_slack(enc, points)
         stats["encodings"].append({
             "disjunct": index, "encode_s": round(time.monotonic() - clock, 4),
             "relu_layers": len(enc.relus),
@@ -821,7 +825,7 @@ def verify(args: argparse.Namespace, deadline: float,
             stats["specs"].append(record)
             if mat.shape[0] == 0:
                 # No output constraint: every point of the box is a counterexample.
-                found = confirm(reference, (box[:, 0] + box[:, 1]) / 2, inner, specs)
+                found, _ = confirm(reference, (box[:, 0] + box[:, 1]) / 2, inner, specs)
                 if found is not None:
                     record["result"] = "sat"
                     return "sat", found
@@ -836,7 +840,8 @@ def verify(args: argparse.Namespace, deadline: float,
             if outcome.status == "unsat":
                 record["result"] = "unsat"
                 continue
-            found = confirm(reference, outcome.x, inner, specs)
+            found, excess = confirm(reference, outcome.x, inner, specs)
+            record["onnxruntime_excess"] = _finite_or_none(excess)
             if found is None:
                 # Numerical trouble (a binary within tolerance of 0 or 1 lets y leave the ReLU):
                 # fix the activation pattern and re-solve the LP on that linear region.
@@ -845,19 +850,25 @@ def verify(args: argparse.Namespace, deadline: float,
                 record["polished"] = {key: value for key, value in polished.detail.items()
                                       if key != "pattern"}
                 if polished.status == "candidate":
-                    found = confirm(reference, polished.x, inner, specs)
+                    found, excess = confirm(reference, polished.x, inner, specs)
+                    record["polished"]["onnxruntime_excess"] = _finite_or_none(excess)
             if found is not None:
                 record["result"] = "sat"
                 return "sat", found
             record["result"] = "unknown"
             unknown_reasons.append(
                 f"disjunct {index}, spec {k}: the MILP's point (objective {outcome.objective:.3g}, "
-                f"slack {slack:.3g}) does not reach the unsafe region under onnxruntime; the "
-                f"property is decided only within floating-point tolerance")
+                f"slack {slack:.3g}) misses the unsafe region by {excess:.3g} under onnxruntime, "
+                f"also after polishing; the property is decided only within floating-point "
+                f"tolerance")
     if unknown_reasons:
         stats["reason"] = unknown_reasons[0]
         return "unknown", None
     return "unsat", None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no infinity
 
 
 def _spec_lower_bound(enc: Encoding, mat: np.ndarray, rhs: np.ndarray) -> float:

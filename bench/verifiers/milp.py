@@ -7,9 +7,8 @@ single-threaded HiGHS MILP per spec. ``sat`` is reported only with a point that 
 confirms; ``unknown`` means the MILP's point failed that check (a floating-point tie), never
 that something failed; every failure (an unsupported op, a solver error) is an ``error``.
 
-The worker writes a VNN-COMP result file and a JSON file beside it (its own elapsed time, and for
-``unknown`` and ``timeout`` the reason). ``parse_result_text`` reads VNN-COMP result files in
-general and is shared with other wrappers of VNN-COMP tools (``neuralsat``).
+The worker writes a VNN-COMP result file (read with ``bench.verifiers.vnncomp_format``) and a
+JSON file beside it with its own elapsed time and, for ``unknown`` and ``timeout``, the reason.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import functools
 import json
 import math
 import os
-import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -25,12 +23,11 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.verifiers.vnncomp_format import parse_vnncomp_result
 
 RESULT_FILE = "result.txt"
 STATS_FILE = "result.json"  # written by the worker next to RESULT_FILE
 BOUNDS = ("CROWN", "IBP", "interval")  # the worker's --bounds choices
-
-_ENTRY = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,63 +89,16 @@ class Milp(Verifier):
             return Verdict(Status.ERROR, reason=_failure_reason(stderr, stdout, returncode))
         result = workdir / RESULT_FILE
         if not result.is_file():
-            return Verdict(Status.ERROR, reason=f"the worker exited with 0 but wrote no {RESULT_FILE}")
+            return Verdict(Status.ERROR,
+                           reason=f"the worker exited with 0 but wrote no {RESULT_FILE}")
         stats, problem = _read_stats(workdir / STATS_FILE)
         if problem:
             return Verdict(Status.ERROR, reason=problem)
-        verdict = parse_result_text(result.read_text(errors="replace"), tool="the milp worker")
+        verdict = parse_vnncomp_result(result.read_text(errors="replace"), tool="the milp worker")
         verdict.verifier_time = stats["time_s"]
         if verdict.status in (Status.UNKNOWN, Status.TIMEOUT):
             verdict.reason = str(stats.get("reason") or verdict.reason)
         return verdict
-
-
-def parse_result_text(text: str, tool: str = "the verifier") -> Verdict:
-    """A VNN-COMP result file: first line ``sat`` (then the counterexample
-    ``((X_0 v) ... (Y_0 v) ...)``), ``unsat``, ``unknown`` or ``timeout``; anything else, or a
-    ``sat`` without a well-formed input assignment, is an ERROR. ``tool`` names the writer in
-    reasons."""
-    lines = text.strip().splitlines()
-    answer = lines[0].strip() if lines else ""
-    if answer == "unsat":
-        return Verdict(Status.UNSAT)
-    if answer == "unknown":
-        return Verdict(Status.UNKNOWN, reason=f"{tool} answered unknown")
-    if answer == "timeout":
-        return Verdict(Status.TIMEOUT, reason=f"{tool} ran out of time")
-    if answer != "sat":
-        return Verdict(Status.ERROR, reason=f"{tool} wrote an unexpected result: first line "
-                                            f"{answer[:80]!r}")
-    cex, problem = parse_counterexample("\n".join(lines[1:]))
-    if problem:
-        return Verdict(Status.ERROR, reason=f"{tool} answered sat with a malformed "
-                                            f"counterexample: {problem}")
-    return Verdict(Status.SAT, counterexample=cex)
-
-
-def parse_counterexample(text: str) -> tuple[dict[str, list[float]] | None, str]:
-    """``{"x": [...], "y": [...]}`` from ``((X_0 v) ... (Y_0 v) ...)``, or ``(None, reason)``."""
-    values: dict[str, dict[int, float]] = {"X": {}, "Y": {}}
-    for kind, index, number in _ENTRY.findall(text):
-        try:
-            value = float(number)
-        except ValueError:
-            return None, f"{kind}_{index} is {number!r}, not a number"
-        if not math.isfinite(value):
-            return None, f"{kind}_{index} is {number}"
-        if int(index) in values[kind]:
-            return None, f"{kind}_{index} appears twice"
-        values[kind][int(index)] = value
-    cex: dict[str, list[float]] = {}
-    for kind, found in values.items():
-        # Indices must be exactly 0..n-1, or the vector would be silently shifted.
-        if sorted(found) != list(range(len(found))):
-            return None, f"the {kind} indices are not 0..{len(found) - 1}"
-        if found:
-            cex[kind.lower()] = [found[i] for i in range(len(found))]
-    if "x" not in cex:
-        return None, "no X values"
-    return cex, ""
 
 
 def _read_stats(path: Path) -> tuple[dict, str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
-from bench.verifiers.milp import parse_result_text
+from bench.verifiers.vnncomp_format import parse_vnncomp_result
 
 PACKAGE = "neuralsat"
 VERSION = "0.2.17"
@@ -108,7 +108,8 @@ def install(target_dir: str | Path | None = None, *, force: bool = False,
     venv.parent.mkdir(parents=True, exist_ok=True)
     creator = python or sys.executable
     if not venv_python(venv).is_file():
-        _run_step([creator, "-m", "venv", str(venv)], f"cannot create a virtual environment at {venv}")
+        _run_step([creator, "-m", "venv", str(venv)],
+                  f"cannot create a virtual environment at {venv}")
     _run_step([str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check",
                f"{PACKAGE}=={VERSION}"],
               f"pip could not install {PACKAGE}=={VERSION} into {venv}")
@@ -223,7 +224,7 @@ class NeuralSAT(Verifier):
         first = text.strip().splitlines()[0].strip() if text.strip() else ""
         if first in _OWN_ANSWERS:
             return Verdict(Status.UNKNOWN, verifier_time=verifier_time, reason=_OWN_ANSWERS[first])
-        verdict = parse_result_text(text, tool="NeuralSAT")
+        verdict = parse_vnncomp_result(text, tool="NeuralSAT")
         verdict.verifier_time = verifier_time
         return verdict
 
