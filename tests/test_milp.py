@@ -27,7 +27,7 @@ from bench.verifiers.milp import RESULT_FILE, STATS_FILE, Milp
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
 from bench.vnnlib import read_vnnlib, robustness_property
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vnncomp2024-test"
+from paths import FIXTURES  # noqa: E402
 KNOWN = {
     ("test_nano.onnx", "test_nano.vnnlib"): "unsat",
     ("test_tiny.onnx", "test_tiny.vnnlib"): "unsat",

@@ -21,7 +21,7 @@ from bench.verifiers import neuralsat as ns
 from bench.verifiers.harness import run_instance
 from bench.verifiers.neuralsat import RESULT_FILE, NeuralSAT
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vnncomp2024-test"
+from paths import FIXTURES  # noqa: E402
 
 # A stand-in for src/main.py: stdlib only, it behaves as FAKE_NEURALSAT says and records its
 # command line and environment in args.json in its working directory.

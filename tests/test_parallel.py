@@ -17,7 +17,7 @@ from bench.runner import Progress, read_instances, run_benchmarks
 from bench.sweep import run_builds
 from bench.verifiers.marabou import find_executable
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 SPECS = [("unsat", 0.2), ("unknown", 0.05), ("error", 0.0), ("timeout", 0.1), ("unsat", 0.3),
          ("unknown", 0.0)]
 

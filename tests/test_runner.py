@@ -11,7 +11,7 @@ from bench.results import ResultsDB
 from bench.runner import find_benchmarks, read_instances, run_benchmarks
 from bench.verifiers.marabou import find_executable
 
-FIXTURES = Path("/work/shared/fixtures/vnncomp2024-test")
+from paths import FIXTURES  # noqa: E402
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ verify all instances of one model in one process, still enforcing each instance'
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import select
@@ -226,6 +227,20 @@ class _ExitWaiter:
             self._fd = None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the harness dies. The tool runs
+    in its own session (so that its whole group can be killed at timeout), which also means a
+    SIGKILL of ``bench run`` would otherwise leave it running until its own time limit."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: nothing to ask for
+        pass
+
+
 def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
                 env: dict[str, str] | None = None, cwd: str | Path | None = None, *,
                 stdout_path: str | Path, stderr_path: str | Path,
@@ -247,7 +262,8 @@ def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=full_env, cwd=cwd, start_new_session=True)
+                                env=full_env, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     waiter = _ExitWaiter(proc.pid)
     timed_out = killed = False
     peak_rss = 0.0
