@@ -333,7 +333,7 @@ def test_parse_answers_and_time(tmp_path):
 @pytest.mark.parametrize("result, stats, returncode, stderr, reason", [
     (None, None, 0, "", "no result.txt"),
     ("", '{"time_s": 1}', 0, "", "first line"),
-    ("timeout\n", '{"time_s": 1}', 0, "", "first line"),
+    ("holds\n", '{"time_s": 1}', 0, "", "first line"),
     ("sat\n", '{"time_s": 1}', 0, "", "no counterexample"),
     ("sat\n((X_1 0.5) (Y_0 1))\n", '{"time_s": 1}', 0, "", "indices"),
     ("sat\n((X_0 nan) (Y_0 1))\n", '{"time_s": 1}', 0, "", "X_0"),

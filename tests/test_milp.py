@@ -429,7 +429,7 @@ def test_parse_answers_time_and_reasons(tmp_path):
 
 @pytest.mark.parametrize("result, stats, returncode, stderr, reason", [
     (None, None, 0, "", "no result.txt"),
-    ("", '{"time_s": 1}', 0, "", "an empty result file"),
+    ("", '{"time_s": 1}', 0, "", "first line"),
     ("maybe\n", '{"time_s": 1}', 0, "", "first line 'maybe'"),
     ("unsat\n", None, 0, "", "no result.json"),
     ("unsat\n", '{"time_s": -1}', 0, "", "no valid time_s"),
@@ -442,11 +442,11 @@ def test_parse_failures_are_errors(tmp_path, result, stats, returncode, stderr, 
     assert reason in verdict.reason
 
 
-def test_sat_with_a_malformed_counterexample_stays_an_unbacked_sat(tmp_path):
-    # As bench.verifiers.vnncomp_format reads every tool: the claim is kept, without a
-    # counterexample, so the harness's check marks it invalid.
+def test_sat_with_a_malformed_counterexample_is_an_error(tmp_path):
+    # Our worker checks its counterexample before writing it: a sat without a readable one
+    # means a broken result file (bench.verifiers.worker.parse_result_file).
     verdict = _parse(tmp_path, "sat\n((X_1 0.5) (Y_0 1))\n")
-    assert verdict.status is Status.SAT and verdict.counterexample is None
+    assert verdict.status is Status.ERROR and verdict.counterexample is None
     assert "indices" in verdict.reason
 
 
