@@ -246,16 +246,8 @@ def test_missing_executable_is_an_error(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_children():
-    """No test may leave a process of ours running. Processes that were already there (for
-    example multiprocessing's resource tracker, started by an earlier test module) are not
-    this test's."""
-    me = psutil.Process(os.getpid())
-    before = {p.pid for p in me.children(recursive=True)}
-    yield
-    leftovers = [p for p in me.children(recursive=True)
-                 if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, leftovers
+def _no_leftover_children(no_leftover_children):
+    """No test may leave a process of ours running (see conftest.py)."""
 
 
 def test_exit_and_timeout_without_pidfd(tmp_path, monkeypatch):

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from bench.verifiers import VERIFIERS, Instance, Status
@@ -53,11 +51,8 @@ exit 0
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_children():
-    yield
-    leftovers = [p for p in psutil.Process(os.getpid()).children(recursive=True)
-                 if p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, leftovers
+def _no_leftover_children(no_leftover_children):
+    """No test may leave a process of ours running (see conftest.py)."""
 
 
 @pytest.fixture(scope="module")
