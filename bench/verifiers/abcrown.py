@@ -83,8 +83,6 @@ _PROGRESS = re.compile(
     r"|^Result: (?P<status>.*?) in (?P<time>[0-9.eE+-]+) seconds\s*$",
     re.M)
 _ERROR_LINE = re.compile(r"error|exception|assert|cannot|can't|not found|failed", re.I)
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 @VERIFIERS.register("abcrown")
@@ -228,7 +226,7 @@ class AbCrown(Verifier):
     # ------------------------------------------------------------------ batch mode
 
     def supports_batch(self) -> bool:
-        return as_bool(self.params["batch"], "batch")
+        return self.bool_param("batch")
 
     def batch_command(self, instances: list[Instance], workdir: Path) -> Command:
         if not instances:
@@ -267,18 +265,6 @@ class AbCrown(Verifier):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def as_bool(value: object, name: str) -> bool:
-    """A boolean parameter, given as a bool or as text from the command line."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise BenchError(f"abcrown: {name}={value!r} is not a boolean (true/false)")
 
 
 def readable_vnnlib(vnnlib: Path, workdir: Path, prefix: str = "") -> Path:

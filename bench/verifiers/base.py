@@ -84,6 +84,20 @@ class Verifier(ABC):
             )
         self.params = {**self.parameters, **params}
 
+    def bool_param(self, name: str) -> bool:
+        """A boolean parameter, given as a bool or as text from the command line."""
+        value = self.params[name]
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        from bench.errors import BenchError
+
+        raise BenchError(f"{self.name}: {name}={value!r} is not a boolean (true/false)")
+
     @abstractmethod
     def is_installed(self) -> bool: ...
 

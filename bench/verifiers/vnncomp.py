@@ -33,8 +33,6 @@ PREPARE_SCRIPT = "prepare_instance.sh"
 RESULTS_FILE = "results.txt"
 # Commands that kill processes by name, i.e. possibly ours: never run a script that uses them.
 _KILL_BY_NAME = re.compile(r"(^|[\s;&|(`])(killall|pkill)\b")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 @VERIFIERS.register("vnncomp")
@@ -90,7 +88,7 @@ class VnnComp(Verifier):
         onnx = _plain(instance.onnx_path.resolve(), workdir)
         vnnlib = _plain(instance.vnnlib_path.resolve(), workdir)
         prepare_script = folder / PREPARE_SCRIPT
-        if _as_bool(self.params["prepare"], "prepare") and prepare_script.is_file():
+        if self.bool_param("prepare") and prepare_script.is_file():
             _refuse_killers(prepare_script, " (or pass --verifier-option prepare=false)")
             self._prepare(prepare_script, category, onnx, vnnlib, workdir)
         argv = _script_argv(run_script) + [VERSION_STRING, category, str(onnx), str(vnnlib),
@@ -157,17 +155,6 @@ def _plain(path: Path, workdir: Path) -> Path:
     with gzip.open(path, "rb") as source, open(copy, "wb") as target:
         shutil.copyfileobj(source, target)
     return copy.resolve()
-
-
-def _as_bool(value: object, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise BenchError(f"vnncomp: {name}={value!r} is not a boolean (true/false)")
 
 
 def _exit_text(returncode: int) -> str:
