@@ -562,19 +562,17 @@ def proved(lower: np.ndarray, specs) -> bool:
 # --------------------------------------------------------------------------- main
 
 
-def verify(args: argparse.Namespace) -> tuple[str, tuple[np.ndarray, np.ndarray] | None, dict]:
-    """``(status, counterexample or None, stats)`` for one instance; raises WorkerError."""
+def load_instance(onnx_path: str, vnnlib_path: str):
+    """The ONNX model and the property's disjuncts, checked to fit each other and to be boxes:
+    ``(model, disjuncts, input_name, input_shape, output_shape)``; raises WorkerError."""
     from bench.errors import BenchError
     from bench.vnnlib import read_vnnlib
 
-    times: dict[str, float] = {}
-    clock = time.perf_counter()
-
     try:
-        n_in, n_out, disjuncts = read_vnnlib(args.vnnlib)
+        n_in, n_out, disjuncts = read_vnnlib(vnnlib_path)
     except BenchError as err:
         raise WorkerError(str(err)) from None
-    original = load_onnx(args.onnx)
+    original = load_onnx(onnx_path)
     input_name, input_shape, _, output_shape = io_signature(original)
     if math.prod(input_shape) != n_in or math.prod(output_shape) != n_out:
         raise WorkerError(f"the property has {n_in} inputs and {n_out} outputs, the model "
@@ -586,6 +584,17 @@ def verify(args: argparse.Namespace) -> tuple[str, tuple[np.ndarray, np.ndarray]
             raise WorkerError("an input is unbounded in the property; only boxes are supported")
         if np.any(box[:, 0] > box[:, 1]):
             raise WorkerError("an input box of the property is empty (lower > upper)")
+    return original, disjuncts, input_name, input_shape, output_shape
+
+
+def verify(args: argparse.Namespace) -> tuple[str, tuple[np.ndarray, np.ndarray] | None, dict]:
+    """``(status, counterexample or None, stats)`` for one instance; raises WorkerError."""
+    times: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    original, disjuncts, input_name, input_shape, output_shape = load_instance(args.onnx,
+                                                                                 args.vnnlib)
+    n_out = math.prod(output_shape)
 
     prepared, rewrites = prepare_onnx(original)
     import torch  # only now: the checks above fail fast, without torch's seconds of import

@@ -56,7 +56,7 @@ from bench.verifiers._lirpa_main import (
     convert,
     float32_boxes,
     io_signature,
-    load_onnx,
+    load_instance,
     prepare_onnx,
     spec_holds,
     write_outputs,
@@ -761,26 +761,10 @@ def verify(args: argparse.Namespace, deadline: float,
            stats: dict[str, Any]) -> tuple[str, Any]:
     """The answer and, for ``sat``, the confirmed ``(x, y)``; details go into ``stats`` as they
     happen, so that they survive an ``OutOfTime``."""
-    from bench.errors import BenchError
-    from bench.vnnlib import read_vnnlib
-
     clock = time.monotonic()
-    try:
-        n_in, n_out, disjuncts = read_vnnlib(args.vnnlib)
-    except BenchError as err:
-        raise WorkerError(str(err)) from None
-    original = load_onnx(args.onnx)
-    input_name, input_shape, _, output_shape = io_signature(original)
-    if math.prod(input_shape) != n_in or math.prod(output_shape) != n_out:
-        raise WorkerError(f"the property has {n_in} inputs and {n_out} outputs, the model "
-                          f"{input_shape} and {output_shape}")
-    if not disjuncts:
-        raise WorkerError("the property has no input box")
-    for box, _ in disjuncts:
-        if not np.all(np.isfinite(box)):
-            raise WorkerError("an input is unbounded in the property; only boxes are supported")
-        if np.any(box[:, 0] > box[:, 1]):
-            raise WorkerError("an input box of the property is empty (lower > upper)")
+    original, disjuncts, input_name, input_shape, output_shape = load_instance(args.onnx,
+                                                                                 args.vnnlib)
+    n_in = math.prod(input_shape)
 
     prepared, rewrites = prepare_onnx(original)
     _, prepared_shape, _, _ = io_signature(prepared)
