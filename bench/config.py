@@ -164,7 +164,6 @@ def _sweep_points(sweep: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]
         return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
     raise BenchError("'sweep' must map options to non-empty lists of values, or be a list of "
                      "option mappings (one per run)")
-    return configs
 
 
 def _coerce(key: str, value: Any) -> Any:

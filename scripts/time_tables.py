@@ -1,4 +1,4 @@
-"""Time ``bench.tables.make_tables`` on a results database.
+"""Time ``bench.collate.tables.make_tables`` on a results database.
 
     .venv/bin/python scripts/time_tables.py results/results.db [--out DIR]
     .venv/bin/python scripts/time_tables.py --synthetic 10x5x17x200 [--verifiers 1]
@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.results import ResultsDB
-from bench.tables import make_tables
+from bench.run.results import ResultsDB
+from bench.collate.tables import make_tables
 
 PRUNERS = ("imp", "snip", "taylor", "hydra", "hydra+nrs", "imp+rs", "imp+nrs", "random",
            "struct-lth", "slim")

@@ -17,7 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from bench.verifiers import VERIFIERS, Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers import VERIFIERS, Command, Status, Verdict, Verifier
 
 NAME = "fake-sleep"
 LEDGER_ENV = "FAKE_VERIFIER_LEDGER"

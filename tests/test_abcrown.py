@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.runner import read_instances
-from bench.verifiers import VERIFIERS, Instance
+from bench.formats.folder import Instance, read_instances
+from bench.verifiers import VERIFIERS
 from bench.verifiers import abcrown as abcrown_module
 from bench.verifiers.abcrown import AbCrown, readable_vnnlib
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
-from bench.vnnlib import read_vnnlib
+from bench.formats.vnnlib import read_vnnlib
 
 from paths import FIXTURES  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]

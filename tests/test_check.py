@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.check import Limits, Problem, check_benchmark, format_problems, safe_join
+from bench.formats.folder import Limits, safe_join
+from bench.share.check import Problem, check_benchmark, format_problems
 from bench.errors import BenchError
-from bench.export.benchmark import ExportedModel, write_benchmark
-from bench.vnnlib import robustness_property
+from bench.build.export import ExportedModel, write_benchmark
+from bench.formats.vnnlib import robustness_property
 
 from paths import FIXTURES  # noqa: E402
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from bench.check_results import InstanceKey, check_results, format_report
+from bench.collate.check_results import InstanceKey, check_results, format_report
 from bench.errors import BenchError
-from bench.results import ResultsDB
+from bench.run.results import ResultsDB
 from bench.verifiers.harness import RunRecord
 
 

@@ -88,7 +88,7 @@ def test_installing_an_unknown_or_external_verifier(tmp_path):
 
 
 def test_check_results_flags_a_soundness_alarm(tmp_path):
-    from bench.results import ResultsDB
+    from bench.run.results import ResultsDB
     from bench.verifiers.harness import RunRecord
 
     db = ResultsDB(tmp_path / "r.db")

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import fake_verifier as fv
-from bench.results import ResultsDB, merge, read_rows
+from bench.run.results import ResultsDB, merge, read_rows
 from bench.verifiers.harness import RunRecord
 
 DELAY = 0.5  # seconds per instance: long enough to kill between results
@@ -40,7 +40,7 @@ def run_command(folder: Path, db: Path, workers: int | None) -> list[str]:
         extra = ["--workers", str(workers)] if workers else []
         return [sys.executable, "-m", "bench.cli", "run", "--instances", str(folder),
                 "--verifier", fv.NAME, "--results", str(db), "--quiet", *extra]
-    code = (f"from bench.runner import run_benchmarks; print(run_benchmarks([{str(folder)!r}], "
+    code = (f"from bench.run.runner import run_benchmarks; print(run_benchmarks([{str(folder)!r}], "
             f"{fv.NAME!r}, {str(db)!r}, progress=False, workers={workers}))")
     return [sys.executable, "-c", code]
 
@@ -161,9 +161,9 @@ def test_sigterm_stops_the_tools_too(tmp_path, workers):
 
 def test_killed_worker_processes_die_with_the_runner(tmp_path):
     """run_tasks' processes get SIGKILL when their parent dies (PR_SET_PDEATHSIG)."""
-    code = ("import time\nfrom bench import executors\n"
+    code = ("import time\nfrom bench import parallel\n"
             "if __name__ == '__main__':\n"
-            "    executors.run_tasks(time.sleep, [60, 60], [executors.Slot('cpu')] * 2,\n"
+            "    parallel.run_tasks(time.sleep, [60, 60], [parallel.Slot('cpu')] * 2,\n"
             "                        lambda *a: None)\n")
     script = tmp_path / "driver.py"
     script.write_text(code)

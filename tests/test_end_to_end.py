@@ -5,14 +5,13 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from click.testing import CliRunner
 
 from bench.cli import main
 from bench.data import load_dataset
-from bench.export.benchmark import verify_manifest
-from bench.results import ResultsDB
-from bench.vnnlib import read_vnnlib
+from bench.formats.folder import verify_manifest
+from bench.run.results import ResultsDB
+from bench.formats.vnnlib import read_vnnlib
 
 EPS = 0.02
 

@@ -16,11 +16,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 import bench
-import bench.export.benchmark as benchmark_module
-from bench.export.benchmark import ExportedModel, load_manifest, verify_manifest, write_benchmark
-from bench.export.onnx_export import export_onnx
+import bench.build.export as benchmark_module
+from bench.formats.folder import load_manifest, verify_manifest
+from bench.build.export import ExportedModel, write_benchmark
+from bench.build.onnx_export import export_onnx
 from bench.models.normalize import Normalize, with_normalization
-from bench.vnnlib import read_vnnlib
+from bench.formats.vnnlib import read_vnnlib
 
 MEAN, STD = (0.1307,), (0.3081,)
 SHAPE = (1, 8, 8)

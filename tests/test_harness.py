@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.verifiers import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers import Command, Status, Verdict, Verifier
 from bench.verifiers.harness import RunRecord, run_instance, run_process
 
 from paths import FIXTURES  # noqa: E402

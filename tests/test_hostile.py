@@ -16,7 +16,7 @@ from bench.cli import main
 from bench.config import make_config
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.runner import read_instances
+from bench.formats.folder import read_instances
 
 
 # --- instances.csv ----------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_truncated_empty_and_foreign_checkpoints_are_refused(tmp_path):
 def test_pipeline_never_runs_a_planted_level_checkpoint(tmp_path):
     """A finished level's model.pt replaced by a pickle with code: resuming the build must
     refuse it (one line) without running it."""
-    from bench.pipeline import resolve, run_dir, train_levels
+    from bench.build.pipeline import resolve, run_dir, train_levels
 
     config = make_config(dataset="digits", model="mlp", training="natural", epochs=1, levels=0,
                          samples=1, train_samples=100, out=str(tmp_path / "instances"),
@@ -153,7 +153,7 @@ def test_pipeline_never_runs_a_planted_level_checkpoint(tmp_path):
         train_levels(config, dataset, progress=False)
     assert not marker.exists()
     if isinstance(info.value, pickle.UnpicklingError):
-        pytest.xfail("bench/pipeline.py still calls torch.load itself; route it through "
+        pytest.xfail("bench/build/pipeline.py still calls torch.load itself; route it through "
                      "bench.checkpoints.load_tensors for a one-line BenchError")
     assert isinstance(info.value, BenchError)
     assert "model.pt" in str(info.value) and "\n" not in str(info.value)

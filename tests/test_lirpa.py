@@ -15,11 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.verifiers import Instance, Status
+from bench.formats.folder import Instance
+from bench.verifiers import Status
 from bench.verifiers import _lirpa_main as worker
 from bench.verifiers.harness import RunRecord, run_instance
 from bench.verifiers.lirpa import RESULT_FILE, STATS_FILE, Lirpa, parse_result_file
-from bench.vnnlib import robustness_property
+from bench.formats.vnnlib import robustness_property
 
 from paths import FIXTURES  # noqa: E402
 NUM_CLASSES = 10

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.runner import read_instances
-from bench.verifiers import VERIFIERS, Instance, Status
+from bench.formats.folder import Instance, read_instances
+from bench.verifiers import VERIFIERS, Status
 from bench.verifiers.harness import run_instance
 from bench.verifiers.marabou import Marabou, find_executable
 
@@ -142,7 +142,7 @@ def test_hard_instance_is_killed_at_the_timeout(tmp_path):
     import numpy as np
     import psutil
 
-    from bench.vnnlib import robustness_property
+    from bench.formats.vnnlib import robustness_property
 
     # Marabou 2.0 needs well over 15 s here (and overshoots its own --timeout by ~2 s).
     label = random_mlp(tmp_path / "hard.onnx", [20, 200, 200, 200, 5])

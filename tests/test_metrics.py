@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bench.data import load_dataset
-from bench.metrics import level_metrics
+from bench.build.metrics import level_metrics
 from bench.models import build_model
 from bench.training.base import Normalizer
 

@@ -18,14 +18,15 @@ import pytest
 import torch
 from torch import nn
 
-from bench.verifiers import VERIFIERS, Instance, Status
+from bench.formats.folder import Instance
+from bench.verifiers import VERIFIERS, Status
 from bench.verifiers import _milp_main as worker
 from bench.verifiers.cex import check_counterexample
 from bench.verifiers.harness import RunRecord, run_instance
 from bench.verifiers.marabou import Marabou, find_executable
 from bench.verifiers.milp import RESULT_FILE, STATS_FILE, Milp
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
-from bench.vnnlib import read_vnnlib, robustness_property
+from bench.formats.vnnlib import read_vnnlib, robustness_property
 
 from paths import FIXTURES  # noqa: E402
 KNOWN = {

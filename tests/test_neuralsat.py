@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.errors import BenchError
-from bench.verifiers import VERIFIERS, Instance, Status
+from bench.formats.folder import Instance
+from bench.verifiers import VERIFIERS, Status
 from bench.verifiers import neuralsat as ns
 from bench.verifiers.harness import run_instance
 from bench.verifiers.neuralsat import RESULT_FILE, NeuralSAT

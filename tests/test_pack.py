@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.check import check_benchmark
+from bench.share.check import check_benchmark
 from bench.config import make_config
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.export.benchmark import ExportedModel, load_manifest, write_benchmark
-from bench.pack import pack_benchmark, verified_accuracy_from_db
-from bench.pipeline import build_instances, train_levels
-from bench.results import COLUMNS, ResultsDB
-from bench.vnnlib import robustness_property
-from bench.vnnlib2 import is_vnnlib2
+from bench.formats.folder import load_manifest
+from bench.build.export import ExportedModel, write_benchmark
+from bench.share.pack import pack_benchmark, verified_accuracy_from_db
+from bench.build.pipeline import build_instances, train_levels
+from bench.run.results import COLUMNS, ResultsDB
+from bench.formats.vnnlib import robustness_property
+from bench.formats.vnnlib2 import is_vnnlib2
 
 
 @pytest.fixture(scope="module")

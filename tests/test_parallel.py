@@ -10,11 +10,14 @@ import pytest
 
 import bench
 import fake_verifier as fv
-from bench import executors
+from bench import parallel
+from bench.run import executors
 from bench.config import make_config
-from bench.results import ResultsDB, params_hash
-from bench.runner import Progress, read_instances, run_benchmarks
-from bench.sweep import run_builds
+from bench.run.results import ResultsDB, params_hash
+from bench.formats.folder import read_instances
+from bench.progress import Progress
+from bench.run.runner import run_benchmarks
+from bench.build.sweep import run_builds
 from bench.verifiers.marabou import find_executable
 
 from paths import FIXTURES  # noqa: E402
@@ -73,7 +76,7 @@ def test_marabou_with_two_workers_matches_serial(tmp_path):
 def test_one_worker_per_gpu_each_pinned(tmp_path, plugin, monkeypatch):
     # Two GPUs as a scheduler would hand them out (CUDA_VISIBLE_DEVICES=3,5): one worker each,
     # and the tool sees only its own.
-    monkeypatch.setattr(executors, "detect_gpus", lambda: ["3", "5"])
+    monkeypatch.setattr(parallel, "detect_gpus", lambda: ["3", "5"])
     folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 0.3)] * 6)
     summary = run_benchmarks([folder], fv.NAME, tmp_path / "r.db", progress=False,
                              verifier_params={"gpu": True})
@@ -85,8 +88,8 @@ def test_one_worker_per_gpu_each_pinned(tmp_path, plugin, monkeypatch):
         seen.add(cuda)
     assert seen <= {"3", "5"} and seen  # usually both; each row matches its worker's device
     # A CPU verifier on the same machine keeps a single, unpinned, in-process runner.
-    assert executors.make_slots(None, use_gpus=False) == [executors.Slot(executors.describe_cpu())]
-    assert [s.cuda_visible_devices for s in executors.make_slots(3, use_gpus=True)] == \
+    assert parallel.make_slots(None, use_gpus=False) == [parallel.Slot(parallel.describe_cpu())]
+    assert [s.cuda_visible_devices for s in parallel.make_slots(3, use_gpus=True)] == \
         ["3", "5", "3"]
 
 
@@ -161,12 +164,12 @@ def test_a_worker_that_cannot_start_stops_the_run(tmp_path):
                              results_path=tmp_path / "r.db", provenance={})
     units = [[instance] for instance in read_instances(folder)]
     with pytest.raises(executors.WorkerFailed, match="unknown verifier 'no-such-verifier'"):
-        executors.run_pool(spec, units, [executors.Slot("cpu")] * 2, lambda key, status: None)
+        executors.run_pool(spec, units, [parallel.Slot("cpu")] * 2, lambda key, status: None)
     assert ResultsDB(tmp_path / "r.db").rows() == []
 
 
 def test_which_verifiers_use_a_gpu():
-    from bench.runner import uses_gpu
+    from bench.run.runner import uses_gpu
 
     class ByParameter(fv.FakeSleep):
         parameters = {"device": "cpu"}

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-import bench.pipeline as pipeline
+import bench.build.pipeline as pipeline
 from bench.config import make_config
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.pipeline import load_tensors, run_dir, train_levels
+from bench.build.pipeline import load_tensors, run_dir, train_levels
 
 BASE = dict(dataset="digits", model="cnn4", training="natural", epochs=3, levels=2,
             samples=2, train_samples=256, batch_size=64, pgd_steps=2)

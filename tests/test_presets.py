@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.config import expand_runs, load_yaml, make_config
-from bench.pipeline import build_instances, resolve
+from bench.build.pipeline import build_instances, resolve
 from bench.pruning import PRUNERS
 from bench.training import TRAINERS
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn as nn
 
 from bench.config import make_config
 from bench.errors import BenchError

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import fake_verifier as fv
-from bench.results import ResultsDB
-from bench.runner import run_benchmarks
-from bench.sweep import run_builds
+from bench.run.results import ResultsDB
+from bench.run.runner import run_benchmarks
+from bench.build.sweep import run_builds
 
 ray = pytest.importorskip("ray")
 
@@ -68,7 +68,7 @@ def test_a_gpu_verifier_asks_ray_for_a_gpu(cluster, tmp_path):
 def test_a_new_driver_joins_the_cluster_by_address(cluster, tmp_path):
     folder = fv.make_benchmark(tmp_path / "bench", SPECS)
     db = tmp_path / "r.db"
-    code = (f"from bench.runner import run_benchmarks\n"
+    code = (f"from bench.run.runner import run_benchmarks\n"
             f"print(run_benchmarks([{str(folder)!r}], {fv.NAME!r}, {str(db)!r}, "
             f"progress=False, executor='ray', ray_address={cluster!r}))")
     env = {**os.environ, **fv.plugin_env()}

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from bench.config import make_config
 from bench.data import load_dataset
-from bench.metrics import level_metrics
+from bench.build.metrics import level_metrics
 from bench.models import build_model
 from bench.pruning.mask import dense_mask
 from bench.training import TRAINERS

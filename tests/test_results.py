@@ -5,7 +5,7 @@ import multiprocessing
 import sqlite3
 from dataclasses import replace
 
-from bench.results import PROVENANCE_COLUMNS, ResultsDB
+from bench.run.results import PROVENANCE_COLUMNS, ResultsDB
 from bench.verifiers.harness import RunRecord
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.results import ResultsDB
-from bench.runner import find_benchmarks, read_instances, run_benchmarks
+from bench.run.results import ResultsDB
+from bench.formats.folder import find_benchmarks, read_instances
+from bench.run.runner import run_benchmarks
 from bench.verifiers.marabou import find_executable
 
 from paths import FIXTURES  # noqa: E402
@@ -111,7 +112,7 @@ def test_unknown_verifier(benchmark, tmp_path):
 
 
 def test_summary_text():
-    from bench.runner import RunSummary
+    from bench.run.runner import RunSummary
 
     summary = RunSummary(counts={"unsat": 4, "sat": 1}, skipped=2, verifier="marabou",
                          verifier_installed=False, install_hint="pip install it",

@@ -10,12 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 import fake_verifier as fv
-from bench.cli_runs import merge as merge_command
-from bench.cli_runs import results as results_command
+from bench.cli.run import merge as merge_command
+from bench.cli.run import results as results_command
 from bench.errors import BenchError
-from bench.results import ResultsDB, describe_provenance, merge, read_rows, show
-from bench.runner import Shard, run_benchmarks, shard_instances, stable_hash
-from bench.verifiers import Instance
+from bench.run.results import ResultsDB, describe_provenance, merge, read_rows, show
+from bench.run.runner import run_benchmarks, shard_instances
+from bench.shards import Shard, stable_hash
+from bench.formats.folder import Instance
 from bench.verifiers.harness import RunRecord
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.export.benchmark import ExportedModel, write_benchmark
-from bench.tables import make_tables
+from bench.build.export import ExportedModel, write_benchmark
+from bench.collate.tables import make_tables
 
 SCHEMA = """
 CREATE TABLE results (
@@ -181,7 +181,7 @@ def test_moved_benchmark_is_a_user_error(tmp_path: Path, benchmark_root: Path):
         make_tables(db, tmp_path / "out")
 
 
-# --- summaries over seeds, figures and the report (bench/report.py) ----------------------------
+# --- summaries over seeds, figures and the report (bench/collate/report.py) ----------------------------
 #
 # Two pruners (imp: unstructured, with every per-level metric; slim: structured, without PGD or
 # instability metrics) x two seeds x three levels, four correctly classified samples each, so
@@ -234,7 +234,7 @@ def fake_manifest(pruner: str, seed: int, config_extra: dict | None = None) -> d
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory) -> tuple[Path, list[Path]]:
-    from bench.results import ResultsDB
+    from bench.run.results import ResultsDB
 
     base = tmp_path_factory.mktemp("seeded")
     rows = []
@@ -327,7 +327,7 @@ def test_missing_metrics_render_as_a_dash(seeded):
 
 
 def test_latex_is_booktabs_and_escaped(seeded):
-    from bench.report import latex_escape
+    from bench.collate.report import latex_escape
 
     out, _ = seeded
     tex = (out / "summary" / f"{SLUG}.tex").read_text()
@@ -380,7 +380,7 @@ def test_report_links_resolve_and_carry_provenance(seeded):
 
 
 def test_build_variants_are_not_averaged_as_seeds():
-    from bench.report import make_groups, make_run, summary_rows
+    from bench.collate.report import make_groups, make_run, summary_rows
 
     runs = [make_run(None, fake_manifest("imp", seed, {"prune_rate": rate}), f"imp-{seed}-{rate}")
             for seed in SEEDS for rate in (0.2, 0.5)]
@@ -398,7 +398,7 @@ def test_build_variants_are_not_averaged_as_seeds():
 
 
 def test_eps_text():
-    from bench.report import eps_text
+    from bench.collate.report import eps_text
 
     assert [eps_text(e) for e in (2 / 255, 8 / 255, 0.1, 0.2, 0.05)] == \
         ["2/255", "8/255", "0.1", "0.2", "0.05"]

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.verifiers import VERIFIERS, Instance, Status
+from bench.formats.folder import Instance
+from bench.verifiers import VERIFIERS, Status
 from bench.verifiers.harness import DEFAULT_GRACE, run_instance
 from bench.verifiers.vnncomp import VnnComp
 from bench.verifiers.vnncomp_format import parse_counterexample, parse_vnncomp_result
-from bench.vnnlib import read_vnnlib
+from bench.formats.vnnlib import read_vnnlib
 
 from paths import FIXTURES  # noqa: E402
 

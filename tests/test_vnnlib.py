@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.vnnlib import parse_vnnlib, read_vnnlib, robustness_property
+from bench.formats.vnnlib import parse_vnnlib, read_vnnlib, robustness_property
 
 from paths import FIXTURES
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.check import check_benchmark
-from bench.export.benchmark import ExportedModel, write_benchmark
-from bench.vnnlib import parse_vnnlib, robustness_property
-from bench.vnnlib2 import format_number, is_vnnlib2, robustness_property_v2
+from bench.share.check import check_benchmark
+from bench.build.export import ExportedModel, write_benchmark
+from bench.formats.vnnlib import parse_vnnlib, robustness_property
+from bench.formats.vnnlib2 import format_number, is_vnnlib2, robustness_property_v2
 
 vnnlib = pytest.importorskip("vnnlib")
 import vnnlib.compat  # noqa: E402  (after importorskip)
@@ -105,7 +105,7 @@ def test_write_benchmark_rejects_other_versions(tmp_path):
 def test_generate_properties_writes_what_bench_writes():
     """bench pack ships generate_properties.py, which cannot import bench: its copies of the
     writers must stay byte-identical to bench's."""
-    from bench import generate_properties as script
+    from bench.share import generate_properties as script
 
     x = np.random.default_rng(3).random((3, 4, 4)).astype(np.float32)
     for label, eps in ((0, 0.1), (7, 1 / 255)):

@@ -566,7 +566,7 @@ def load_instance(onnx_path: str, vnnlib_path: str):
     """The ONNX model and the property's disjuncts, checked to fit each other and to be boxes:
     ``(model, disjuncts, input_name, input_shape, output_shape)``; raises WorkerError."""
     from bench.errors import BenchError
-    from bench.vnnlib import read_vnnlib
+    from bench.formats.vnnlib import read_vnnlib
 
     try:
         n_in, n_out, disjuncts = read_vnnlib(vnnlib_path)

@@ -38,7 +38,8 @@ import yaml
 
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
-from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.vnncomp_format import parse_counterexample, parse_vnncomp_result
 
 RESULTS_FILE = "results.txt"  # one instance: the VNN-COMP results file

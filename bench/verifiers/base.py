@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bench.formats.folder import Instance
+
 
 class Status(str, enum.Enum):
     """What happened on one instance. Never merge these: an error is not an unknown, and only
@@ -26,23 +28,6 @@ class Status(str, enum.Enum):
     ERROR = "error"  # the tool failed; see the reason
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One row of a benchmark's instances.csv."""
-
-    benchmark: str  # the benchmark folder's name
-    root: Path  # the benchmark folder
-    onnx: str  # relative to root, as written in instances.csv
-    vnnlib: str
-    timeout: float
-
-    @property
-    def onnx_path(self) -> Path:
-        return self.root / self.onnx
-
-    @property
-    def vnnlib_path(self) -> Path:
-        return self.root / self.vnnlib
 
 
 @dataclass

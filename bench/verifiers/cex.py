@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.errors import BenchError
-from bench.vnnlib import Disjunct, read_vnnlib
+from bench.formats.vnnlib import Disjunct, read_vnnlib
 
 CORRECT = "correct"
 CORRECT_UP_TO_TOLERANCE = "correct_up_to_tolerance"

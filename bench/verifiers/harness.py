@@ -27,7 +27,8 @@ from typing import Callable
 
 import psutil
 
-from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.cex import check_counterexample
 
 SAMPLE_INTERVAL = 0.1  # seconds between memory samples

@@ -17,7 +17,8 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.verifiers._lirpa_main import METHODS as _WORKER_METHODS  # numpy only; torch stays out
-from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.worker import (RESULT_FILE, STATS_FILE, parse_result_file,  # noqa: F401
                                     parse_worker_output, worker_command)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
-from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 
 SUMMARY_FILE = "summary.txt"
 

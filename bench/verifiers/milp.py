@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
-from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.worker import RESULT_FILE, STATS_FILE, parse_worker_output, worker_command  # noqa: F401
 
 BOUNDS = ("CROWN", "IBP", "interval")  # the worker's --bounds choices

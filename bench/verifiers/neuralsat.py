@@ -26,7 +26,8 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
-from bench.verifiers.base import Command, Instance, Status, Verdict, Verifier
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
 
 PACKAGE = "neuralsat"

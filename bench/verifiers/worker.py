@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench.verifiers.base import Command, Instance, Status, Verdict
+from bench.formats.folder import Instance
+from bench.verifiers.base import Command, Status, Verdict
 from bench.verifiers.vnncomp_format import parse_counterexample
 
 RESULT_FILE = "result.txt"

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.results import ResultsDB
+from bench.run.results import ResultsDB
 from bench.verifiers.base import Status
 
 VALID_CEX = ("correct", "correct_up_to_tolerance")

@@ -23,7 +23,7 @@ from bench.checkpoints import load_tensors
 from bench.data import load_dataset
 from bench.data.base import Dataset
 from bench.errors import BenchError
-from bench.metrics import level_metrics
+from bench.build.metrics import level_metrics
 from bench.models import MODELS, build_model
 from bench.pruning import PRUNERS
 from bench.pruning.base import PruneContext
@@ -188,7 +188,7 @@ def train_levels(config: BuildConfig, dataset: Dataset, progress: bool = True) -
 
 def build_instances(config: BuildConfig, progress: bool = True) -> Path:
     """The whole build: data, training and pruning, export. Returns the benchmark folder."""
-    from bench.export.benchmark import ExportedModel, write_benchmark
+    from bench.build.export import ExportedModel, write_benchmark
 
     config = resolve(config)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)

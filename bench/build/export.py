@@ -13,12 +13,8 @@ manifest rather than one that describes files that are not there (or not those).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import io
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,15 +25,13 @@ import torch
 from torch import nn
 
 import bench
-from bench.errors import BenchError
-from bench.export.onnx_export import check_onnx, export_onnx, onnx_stats
+from bench.formats.folder import (FORMAT_VERSION, INSTANCES, MANIFEST, atomic_write_text,
+                                  instances_csv_text, onnx_name, sha256_file, vnnlib_name)
+from bench.build.onnx_export import check_onnx, export_onnx, onnx_stats
 from bench.models.normalize import with_normalization
-from bench.vnnlib import robustness_property
-from bench.vnnlib2 import robustness_property_v2
+from bench.formats.vnnlib import robustness_property
+from bench.formats.vnnlib2 import robustness_property_v2
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-INSTANCES = "instances.csv"
 # Files this module writes; only these are removed when a new export leaves them out.
 _OWN_FILES = (("onnx", "level_*.onnx"), ("vnnlib", "sample_*.vnnlib"))
 
@@ -54,12 +48,8 @@ class ExportedModel:
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the manifest verbatim
 
 
-def onnx_name(level: int) -> str:
-    return f"onnx/level_{level:02d}.onnx"
 
 
-def vnnlib_name(sample_index: int) -> str:
-    return f"vnnlib/sample_{sample_index:04d}.vnnlib"
 
 
 def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[ExportedModel],
@@ -69,7 +59,7 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
     """Export every level and property into ``root``; returns the manifest's path.
 
     ``vnnlib_version`` 1 writes properties as VNN-COMP reads them today; 2 writes VNN-LIB 2.0
-    (``bench.vnnlib2``), same file names. The manifest records which.
+    (``bench.formats.vnnlib2``), same file names. The manifest records which.
 
     ``dataset_info`` holds name, test_order, mean, std, input_shape and num_classes. Raises
     RuntimeError when an ONNX file disagrees with its torch model by ``max_abs_diff`` or more:
@@ -100,7 +90,7 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
                 "level": exported.level, "sample_index": prop["sample_index"],
                 "label": prop["label"], "correct": is_correct,
             })
-    _atomic_write_text(root / INSTANCES, _instances_csv(instances))
+    atomic_write_text(root / INSTANCES, instances_csv_text(instances))
     listed = [e["onnx"] for e in model_entries] + [p["vnnlib"] for p in properties]
     _remove_stale_files(root, set(listed))
 
@@ -120,7 +110,7 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
         "files": {rel: sha256_file(root / rel) for rel in [*listed, INSTANCES]},
     }
     path = root / MANIFEST
-    _atomic_write_text(path, json.dumps(manifest, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2, default=_json_default) + "\n")
     return path
 
 
@@ -163,7 +153,7 @@ def _write_properties(root: Path, samples_x: torch.Tensor, labels: list[int],
     for x, label, index in zip(samples_x, labels, sample_indices):
         rel = vnnlib_name(index)
         text = write(x.detach().cpu().numpy(), label, float(eps), num_classes)
-        _atomic_write_text(root / rel, text)
+        atomic_write_text(root / rel, text)
         # alpha-beta-CROWN caches the parsed property next to the file; a cache of the previous
         # export's property (another eps) must not outlive it.
         (root / f"{rel}.compiled").unlink(missing_ok=True)
@@ -211,17 +201,8 @@ def _export_level(root: Path, exported: ExportedModel, dataset_info: dict, sampl
     return entry, correct
 
 
-def _format_timeout(timeout: float) -> str:
-    # "300", not "300.0": the form every published VNN-COMP instances.csv uses.
-    return str(int(timeout)) if float(timeout).is_integer() else repr(float(timeout))
 
 
-def _instances_csv(instances: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for inst in instances:
-        writer.writerow([inst["onnx"], inst["vnnlib"], _format_timeout(inst["timeout"])])
-    return buffer.getvalue()
 
 
 def _remove_stale_files(root: Path, keep: set[str]) -> None:
@@ -233,20 +214,6 @@ def _remove_stale_files(root: Path, keep: set[str]) -> None:
             if rel not in keep:
                 path.unlink()
                 Path(f"{path}.compiled").unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers see the old file or
-    the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -261,53 +228,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f"cannot write {type(value).__name__} to the manifest: {value!r}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_manifest(root: Path) -> dict:
-    path = Path(root) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchError(f"{path} does not exist: the benchmark was never exported or its export "
-                         "was interrupted; run `bench build` again") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BenchError(f"cannot read {path}: {err}; export the benchmark again") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise BenchError(f"{path} is not a version-{FORMAT_VERSION} benchmark manifest; export "
-                         "the benchmark again with this version of bench")
-    return manifest
-
-
-def verify_manifest(root: Path) -> list[str]:
-    """Problems with the folder against its manifest (missing files, changed files, an
-    instances.csv that lists other instances); empty when all is well."""
-    root = Path(root)
-    try:
-        manifest = load_manifest(root)
-    except BenchError as err:
-        return [str(err)]
-    problems = []
-    for rel, expected in manifest.get("files", {}).items():
-        path = root / rel
-        if not path.is_file():
-            problems.append(f"{rel}: missing")
-        elif sha256_file(path) != expected:
-            problems.append(f"{rel}: sha256 differs from the manifest (file changed)")
-    csv_path = root / INSTANCES
-    if csv_path.is_file():
-        rows = [row for row in csv.reader(io.StringIO(csv_path.read_text(encoding="utf-8"))) if row]
-        listed = [[i["onnx"], i["vnnlib"], _format_timeout(i["timeout"])]
-                  for i in manifest.get("instances", [])]
-        if rows != listed:
-            problems.append(f"{INSTANCES}: rows differ from the manifest's instances")
-    elif INSTANCES not in manifest.get("files", {}):
-        problems.append(f"{INSTANCES}: missing")
-    return problems

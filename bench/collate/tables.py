@@ -10,11 +10,11 @@ clean sample correctly (the manifest's ``correct``). ``sat``, ``timeout``, ``unk
 and missing results never count, and are reported as such, never merged.
 
 The results database is read with ``sqlite3`` directly, read-only, against the schema that
-``bench/results.py`` writes (table ``results``, one row per benchmark/onnx/vnnlib/verifier).
+``bench/run/results.py`` writes (table ``results``, one row per benchmark/onnx/vnnlib/verifier).
 Columns that older databases lack (GPU memory, provenance) are read when present, else None.
 
 Besides these per-benchmark tables, ``make_tables`` writes the paper-style summaries across
-seeds, the figures and the report page (``bench/report.py``); ``index.md`` links to it.
+seeds, the figures and the report page (``bench/collate/report.py``); ``index.md`` links to it.
 """
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.errors import BenchError
-from bench.export.benchmark import MANIFEST, load_manifest
-from bench.report import write_report
-from bench.results import describe_provenance
+from bench.formats.folder import MANIFEST, load_manifest
+from bench.collate.report import write_report
+from bench.run.results import describe_provenance
 
 STATUSES = ("sat", "unsat", "timeout", "unknown", "error")
 _COLUMNS = ("benchmark", "root", "onnx", "vnnlib", "verifier", "verifier_version", "status",
             "wall_time", "peak_memory_mb", "started_at")
-# Read when the database has them (added by later versions of bench/results.py).
+# Read when the database has them (added by later versions of bench/run/results.py).
 _OPTIONAL_COLUMNS = ("peak_gpu_memory_mb", "host", "suite_version", "device", "params_hash",
                      "verifier_params")
 
@@ -106,7 +106,7 @@ class Table:
 
 def make_tables(results_path: Path, out_dir: Path) -> list[Path]:
     """Write ``<benchmark>__<verifier>.{md,csv,png}`` per pair found in the results, the
-    summaries, figures and report of ``bench.report.write_report`` (``report.md``,
+    summaries, figures and report of ``bench.collate.report.write_report`` (``report.md``,
     ``report.html``, ``summary/``, ``levels/``, ``figures/``), and ``index.md``, which links to
     the report first; returns every written path."""
     results = _read_results(Path(results_path))

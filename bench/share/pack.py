@@ -46,9 +46,9 @@ from typing import Any, Mapping
 import numpy as np
 
 import bench
-from bench.check import check_benchmark, format_problems, safe_join
+from bench.share.check import check_benchmark, format_problems
 from bench.errors import BenchError
-from bench.export.benchmark import INSTANCES, _format_timeout, load_manifest
+from bench.formats.folder import INSTANCES, format_timeout, load_manifest, safe_join
 
 VNNCOMP_MAX_TOTAL_TIMEOUT = 6 * 3600.0
 SCRIPT = "generate_properties.py"
@@ -180,7 +180,7 @@ def _require_same_samples(manifest: dict, x: np.ndarray, y: np.ndarray, eps: flo
                           num_classes: int, version: int) -> None:
     """The build's properties, rewritten from the pool with generate_properties.py's own
     writer, must be the manifest's files byte for byte."""
-    from bench import generate_properties as script
+    from bench.share import generate_properties as script
 
     write = script.robustness_property_v2 if version == 2 else script.robustness_property
     for prop in manifest["properties"]:
@@ -214,7 +214,7 @@ def _write_own_properties(src: Path, tmp: Path, manifest: dict, shipped: set[str
     writer = csv.writer(buffer, lineterminator="\n")
     for inst in manifest["instances"]:  # already ordered by level, then sample
         if inst["vnnlib"] in shipped:
-            writer.writerow([inst["onnx"], inst["vnnlib"], _format_timeout(inst["timeout"])])
+            writer.writerow([inst["onnx"], inst["vnnlib"], format_timeout(inst["timeout"])])
     _write_text(tmp / INSTANCES, buffer.getvalue())
 
 
@@ -281,7 +281,7 @@ def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
         "their first layer.",
         f"- Test samples: {info.get('test_order', 'in the dataset order')}",
         f"- {len(shipped)} properties x {len(models)} models = {len(shipped) * len(models)} "
-        f"instances, {_format_timeout(timeout)} s each: {total:g} s in all "
+        f"instances, {format_timeout(timeout)} s each: {total:g} s in all "
         f"(VNN-COMP's cap: {cap:g} s).",
     ]
     if count < wanted:
@@ -354,7 +354,7 @@ def verified_accuracy_from_db(results_path: str | Path, benchmark_name: str,
     """Verified accuracy in percent per level, as ``bench tables`` computes it (unsat on a
     correctly classified sample), for levels whose every instance has a result; levels with
     missing results are left out (unknown, not zero)."""
-    from bench.tables import _build_table, _read_results
+    from bench.collate.tables import _build_table, _read_results
 
     rows = [r for r in _read_results(Path(results_path))
             if r["benchmark"] == benchmark_name and r["verifier"] == verifier]

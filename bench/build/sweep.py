@@ -4,7 +4,7 @@ processes, or as Ray tasks.
 
 A task is one training run: the configurations that share a run folder (they differ only in
 export settings) go together, so that two processes never train the same run at once. Each
-build is already resumable (finished levels are kept, see ``bench.pipeline``), and a build
+build is already resumable (finished levels are kept, see ``bench.build.pipeline``), and a build
 whose benchmark folder is complete (its manifest is there and every file matches it) is
 skipped, so running the same sweep again after a kill redoes only the unfinished builds, from
 their last finished level.
@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import bench
-from bench import executors
+from bench import parallel
 from bench.config import BuildConfig
 from bench.errors import BenchError
-from bench.runner import Shard, format_duration
+from bench.progress import format_duration
+from bench.shards import Shard
 
 Echo = Callable[[str], None]
 
@@ -64,7 +65,7 @@ def benchmark_root(config: BuildConfig) -> Path:
 def is_built(config: BuildConfig) -> bool:
     """The benchmark folder is complete: the manifest (written last by the export) exists, was
     written by this version, and every file matches it."""
-    from bench.export.benchmark import MANIFEST, load_manifest, verify_manifest
+    from bench.formats.folder import MANIFEST, load_manifest, verify_manifest
 
     root = benchmark_root(config)
     if not (root / MANIFEST).is_file():
@@ -81,7 +82,7 @@ def resolve_all(configs: Sequence[BuildConfig]) -> list[BuildConfig]:
     """Check every name before any work (an unknown pruner in the 12th build must not wait for
     11 trainings) and fill in defaults, as ``build_instances`` would."""
     from bench.data import DATASETS
-    from bench.pipeline import resolve
+    from bench.build.pipeline import resolve
 
     resolved = []
     for config in configs:
@@ -93,7 +94,7 @@ def resolve_all(configs: Sequence[BuildConfig]) -> list[BuildConfig]:
 def make_tasks(configs: Sequence[BuildConfig], progress: bool = False,
                threads: int | None = None) -> list[BuildTask]:
     """One task per training run, in the order of the runs' first configurations."""
-    from bench.pipeline import run_dir
+    from bench.build.pipeline import run_dir
 
     groups: dict[str, list[BuildConfig]] = {}
     for config in configs:
@@ -104,7 +105,7 @@ def make_tasks(configs: Sequence[BuildConfig], progress: bool = False,
 def build_task(task: BuildTask) -> list[BuildOutcome]:
     """Build every configuration of ``task`` (skipping complete ones); runs in a worker process
     or a Ray task, or in this process for a serial sweep."""
-    from bench.pipeline import build_instances
+    from bench.build.pipeline import build_instances
 
     if task.threads:
         import torch
@@ -188,14 +189,14 @@ def run_builds(configs: Sequence[BuildConfig], *, workers: int | None = None,
     if tasks and executor == "ray":
         _run_on_ray(tasks, collect, ray_address, workers, cpus_per_task)
     elif tasks:
-        slots = executors.make_slots(workers, use_gpus=True)[:len(tasks)]
+        slots = parallel.make_slots(workers, use_gpus=True)[:len(tasks)]
         threads = max(1, (os.cpu_count() or 1) // len(slots))
         tasks = [BuildTask(t.configs, False, threads) for t in tasks]
 
         def on_done(index: int, result: Any, error: str | None) -> None:
             collect(result if error is None else _failed(tasks[index], error))
 
-        executors.run_tasks(build_task, tasks, slots, on_done)
+        parallel.run_tasks(build_task, tasks, slots, on_done)
     failed = [o for o in outcomes if o.error is not None]
     if failed:
         raise BenchError(f"{len(failed)} of {len(outcomes)} builds failed: "
@@ -214,8 +215,8 @@ def _failed(task: BuildTask, error: str) -> list[BuildOutcome]:
 
 def _run_on_ray(tasks: list[BuildTask], collect: Callable[[list[BuildOutcome]], None],
                 address: str | None, max_in_flight: int | None, cpus_per_task: int) -> None:
-    ray = executors.import_ray()
-    connected_here = executors.ray_connect(address)
+    ray = parallel.import_ray()
+    connected_here = parallel.ray_connect(address)
     try:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         remote = ray.remote(build_task).options(num_cpus=cpus_per_task, num_gpus=gpus,

@@ -13,9 +13,9 @@ comparable), and writes:
 - ``instances.csv``: every model with every property, ordered by model then sample.
 
 It needs Python 3 and numpy only: it must run on a machine without prune-bench. ``bench pack``
-copies it verbatim from prune-bench's ``bench/generate_properties.py``; its two writers produce
-byte for byte what ``bench.vnnlib.robustness_property`` and
-``bench.vnnlib2.robustness_property_v2`` produce (prune-bench's tests check that).
+copies it verbatim from prune-bench's ``bench/share/generate_properties.py``; its two writers produce
+byte for byte what ``bench.formats.vnnlib.robustness_property`` and
+``bench.formats.vnnlib2.robustness_property_v2`` produce (prune-bench's tests check that).
 
 ``data/pool.npz`` holds ``x`` (candidate images, float32, raw pixels), ``y`` (labels), ``index``
 (their test-set indices), ``correct`` (models x candidates, bool), ``onnx`` (model paths),
@@ -50,7 +50,7 @@ def select(correct: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(chosen)
 
 
-# --- VNN-LIB 1.0 (as bench.vnnlib.robustness_property) ----------------------------------------
+# --- VNN-LIB 1.0 (as bench.formats.vnnlib.robustness_property) ----------------------------------------
 
 def robustness_property(x: np.ndarray, label: int, eps: float, num_outputs: int,
                         lower: float = 0.0, upper: float = 1.0) -> str:
@@ -70,7 +70,7 @@ def robustness_property(x: np.ndarray, label: int, eps: float, num_outputs: int,
     return "\n".join(lines) + "\n"
 
 
-# --- VNN-LIB 2.0 (as bench.vnnlib2.robustness_property_v2) ------------------------------------
+# --- VNN-LIB 2.0 (as bench.formats.vnnlib2.robustness_property_v2) ------------------------------------
 
 def _number(value: float) -> str:
     text = np.format_float_positional(float(value), unique=True, trim="0")

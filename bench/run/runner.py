@@ -5,7 +5,7 @@ paths relative to the folder). Instances already decided in the database are ski
 interrupted run resumes where it stopped; errors are retried. Every instance gets a row, even when
 the verifier is not installed (an error with the install hint), so nothing is silently missing.
 
-Where the instances run (``bench.executors``): in this process (``workers=1``, the default on a
+Where the instances run (``bench.run.executors``): in this process (``workers=1``, the default on a
 CPU), in N local worker processes (``workers=N``; with a GPU verifier and CUDA devices, one
 worker per device by default, each pinned to its device), or on a Ray cluster
 (``executor="ray"``). Whichever: every instance's row is written as soon as it finishes, in its
@@ -20,16 +20,13 @@ The hash, not a position, decides, so the shards do not depend on the order of f
 nor on which other instances exist, nor on the machine or the Python version (unlike ``hash()``),
 and every verifier's shard K holds the same instances. The N shards are disjoint and together
 hold every instance; their sizes are equal only on average. Run each shard into its own database
-and combine them with ``bench.results.merge``.
+and combine them with ``bench.run.results.merge``.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import hashlib
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,15 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TextIO
 
-from tqdm import tqdm
 
 import bench
-from bench import executors
+from bench.run import executors
 from bench.errors import BenchError
-from bench.results import ResultsDB, params_hash, params_json
-from bench.verifiers import VERIFIERS, Instance, Verifier
+from bench.run.results import ResultsDB, params_hash, params_json
+from bench.formats.folder import Instance, read_instances
+from bench.shards import Shard
+from bench.progress import Progress
+from bench.parallel import exit_on_signal, make_slots
+from bench.verifiers import VERIFIERS, Verifier
 
-INSTANCES_CSV = "instances.csv"
 EXECUTORS = ("local", "ray")
 
 
@@ -82,89 +81,11 @@ class RunSummary:
 # --------------------------------------------------------------------------- instances
 
 
-def read_instances(folder: str | Path) -> list[Instance]:
-    """The instances of one benchmark folder; its name is the benchmark's name."""
-    folder = Path(folder).resolve()
-    csv_path = folder / INSTANCES_CSV
-    if not csv_path.is_file():
-        raise BenchError(f"{csv_path} does not exist; run `bench build-instances` first")
-    instances = []
-    with open(csv_path, newline="") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            fields = [value.strip() for value in row]
-            if not any(fields):
-                continue  # blank line
-            instances.append(_instance(folder, csv_path, line_no, fields))
-    return instances
 
 
-def _instance(folder: Path, csv_path: Path, line_no: int, fields: list[str]) -> Instance:
-    where = f"{csv_path}, line {line_no}"
-    if len(fields) != 3 or not fields[0] or not fields[1]:
-        raise BenchError(f"{where}: expected 'onnx,vnnlib,timeout', got {','.join(fields)!r}")
-    try:
-        timeout = float(fields[2])
-    except ValueError:
-        raise BenchError(f"{where}: timeout {fields[2]!r} is not a number") from None
-    if not timeout > 0:  # also rejects nan
-        raise BenchError(f"{where}: timeout must be positive, got {fields[2]!r}")
-    # instances.csv may come from anyone: a path that is absolute, climbs out with '..' or
-    # leads out through a symlink would have the verifier read files outside the folder.
-    from bench.check import safe_join
-    for path in fields[:2]:
-        safe_join(folder, path, where)
-    return Instance(benchmark=folder.name, root=folder, onnx=fields[0], vnnlib=fields[1],
-                    timeout=timeout)
 
 
-def find_benchmarks(path: str | Path) -> list[Path]:
-    """``path`` itself if it is a benchmark folder, else its benchmark subfolders (sorted)."""
-    path = Path(path)
-    if (path / INSTANCES_CSV).is_file():
-        return [path]
-    found = []
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if (p / INSTANCES_CSV).is_file())
-    if not found:
-        raise BenchError(f"no benchmark in {path}: neither it nor its subfolders have an "
-                         f"{INSTANCES_CSV}; run `bench build-instances` first")
-    return found
 
-
-# --------------------------------------------------------------------------- sharding
-
-
-def stable_hash(*parts: str) -> int:
-    """A 64-bit hash of ``parts`` that is the same on every machine and in every process."""
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (1 <= index <= count); see the module's docstring."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: "str | Shard") -> "Shard":
-        if isinstance(text, Shard):
-            return text
-        try:
-            index, count = (int(part) for part in str(text).split("/"))
-        except ValueError:
-            raise BenchError(f"shard must be K/N (e.g. 2/8), got {text!r}") from None
-        if count < 1 or not 1 <= index <= count:
-            raise BenchError(f"shard {text!r}: K counts from 1 and must be at most N (with a "
-                             f"0-based SLURM array use $((SLURM_ARRAY_TASK_ID + 1))/N)")
-        return cls(index, count)
-
-    def owns(self, *parts: str) -> bool:
-        return stable_hash(*parts) % self.count == self.index - 1
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
 
 
 def shard_instances(instances: Iterable[Instance], shard: Shard | str | None) -> list[Instance]:
@@ -174,76 +95,6 @@ def shard_instances(instances: Iterable[Instance], shard: Shard | str | None) ->
     shard = Shard.parse(shard)
     return [i for i in instances if shard.owns(i.benchmark, i.onnx, i.vnnlib)]
 
-
-# --------------------------------------------------------------------------- progress
-
-
-def format_duration(seconds: float | None) -> str:
-    """h:mm:ss, or ? when unknown."""
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class Progress:
-    """done / total, per-status counts and the time left, for a long run.
-
-    On a terminal: a tqdm bar (its estimate uses the average rate since the start, not a recent
-    window: instance times vary too much, and parallel workers finish in bursts). Elsewhere (a
-    batch job's log file): one plain line every ``interval`` seconds and one at the end, instead
-    of carriage-return noise. Instances decided before this run count as done but not in the
-    rate."""
-
-    def __init__(self, total: int, already_done: int, desc: str, enabled: bool = True,
-                 stream: TextIO | None = None, interval: float = 30.0):
-        self.total, self.skipped, self.desc = total, already_done, desc
-        self.counts: Counter[str] = Counter()
-        self.stream = stream or sys.stderr
-        self.enabled, self.interval = enabled, interval
-        self.started = self._last_line = time.monotonic()
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._bar = tqdm(total=total, initial=already_done, desc=desc, unit="inst",
-                         smoothing=0, dynamic_ncols=True, file=self.stream,
-                         disable=not self.tty)
-        self._bar.set_postfix(self._postfix(), refresh=False)
-
-    @property
-    def done(self) -> int:
-        return self.skipped + sum(self.counts.values())
-
-    def eta(self) -> float | None:
-        """Seconds left at the average rate of this run so far; None before the first result."""
-        finished = sum(self.counts.values())
-        if not finished:
-            return None
-        return (self.total - self.done) * (time.monotonic() - self.started) / finished
-
-    def line(self) -> str:
-        statuses = ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items())) or "none run yet"
-        elapsed = time.monotonic() - self.started
-        return (f"{self.desc}: {self.done}/{self.total} done ({statuses}; {self.skipped} "
-                f"skipped), {format_duration(elapsed)} elapsed, {format_duration(self.eta())} left")
-
-    def _postfix(self) -> dict[str, int]:
-        return {**dict(sorted(self.counts.items())), "skipped": self.skipped}
-
-    def advance(self, status: str) -> None:
-        self.counts[status] += 1
-        if self.tty:
-            self._bar.set_postfix(self._postfix(), refresh=False)
-            self._bar.update(1)
-        elif self.enabled and time.monotonic() - self._last_line >= self.interval:
-            self._print_line()
-
-    def _print_line(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
-        self._last_line = time.monotonic()
-
-    def close(self) -> None:
-        self._bar.close()
-        if self.enabled and not self.tty and self.counts:  # the summary covers "nothing to do"
-            self._print_line()
 
 
 # --------------------------------------------------------------------------- running
@@ -357,7 +208,7 @@ def _execute(spec: executors.RunSpec, units: list[list[Instance]], on_result: ex
         executors.run_ray(spec, units, on_result, address=ray_address, max_in_flight=workers,
                           num_gpus=1.0 if gpu else 0.0)
         return
-    slots = executors.make_slots(workers, gpu)
+    slots = make_slots(workers, gpu)
     summary.workers = len(slots)
     # In this process when nothing needs pinning; a pinned GPU worker needs its own environment,
     # hence its own process, even alone.
@@ -378,7 +229,7 @@ def _stop_on_termination() -> Iterator[None]:
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) == signal.SIG_DFL:
-            previous[sig] = signal.signal(sig, executors.exit_on_signal)
+            previous[sig] = signal.signal(sig, exit_on_signal)
     try:
         yield
     finally:

@@ -57,7 +57,7 @@ def _index(flat: int, shape: Sequence[int]) -> str:
 def robustness_property_v2(x: np.ndarray, label: int, eps: float, num_outputs: int,
                            input_shape: Sequence[int] | None = None, network: str = "N",
                            lower: float = 0.0, upper: float = 1.0) -> str:
-    """The property of ``bench.vnnlib.robustness_property`` in VNN-LIB 2.0: the L-inf ball of
+    """The property of ``bench.formats.vnnlib.robustness_property`` in VNN-LIB 2.0: the L-inf ball of
     radius ``eps`` around ``x`` clipped to ``[lower, upper]``, unsafe when some other logit is
     >= the true one.
 

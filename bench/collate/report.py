@@ -1,6 +1,6 @@
 """Paper-style summaries across seeds (Tables 2-5, Figures 3-6) and the report page.
 
-``bench/tables.py`` builds one ``Table`` per (benchmark, verifier). Here the benchmarks are
+``bench/collate/tables.py`` builds one ``Table`` per (benchmark, verifier). Here the benchmarks are
 grouped into *settings* and *groups*:
 
 - a setting is (dataset, model, training, eps, verifier): one paper-style summary table, one
@@ -18,7 +18,7 @@ Numbers, per group and level (every rule is repeated in the notes under each tab
   are averaged; then mean and sample standard deviation (ddof = 1) over the seeds that have
   the value; one seed gives no standard deviation;
 - ``ver``: verified accuracy (% of the N verification samples) from the results database,
-  as in ``bench/tables.py``: only ``unsat`` on a correctly classified sample counts;
+  as in ``bench/collate/tables.py``: only ``unsat`` on a correctly classified sample counts;
 - ``std``: the manifest's ``standard_accuracy`` (per-level metrics) or, in manifests without
   it, ``clean_accuracy`` (the build's test-set accuracy); ``adv``: ``pgd_accuracy``;
 - ``t``: mean wall time per instance; peak memory: the largest peak over the level's
@@ -56,7 +56,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.results import describe_provenance
+from bench.run.results import describe_provenance
 
 MISSING = "—"
 STAR = "★"

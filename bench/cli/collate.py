@@ -1,0 +1,40 @@
+"""`bench tables` and `bench check-results`: collating results."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchError
+
+
+@click.command("tables")
+@click.option("--results", "results_file", default="results/results.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite results database.")
+@click.option("--out", "out_dir", default="tables", show_default=True,
+              type=click.Path(file_okay=False), help="Where tables and plots go.")
+def tables(results_file, out_dir) -> None:
+    """Collate verified accuracy, time and memory per level into tables and plots."""
+    from bench.collate.tables import make_tables
+
+    if not Path(results_file).exists():
+        raise BenchError(f"no results database at {results_file}; run `bench run` first")
+    paths = make_tables(Path(results_file), Path(out_dir))
+    index = next((p for p in paths if p.name == "index.md"), None)
+    click.echo(f"wrote {len(paths)} files to {out_dir}" + (f"; start at {index}" if index else ""))
+
+
+@click.command("check-results")
+@click.option("--results", "results_file", default="results/results.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite results database.")
+def check_results(results_file) -> None:
+    """Cross-check verifiers run on the same instances: soundness alarms (unsat where another
+    verifier holds a valid counterexample), sat answers without a valid counterexample, and
+    VNN-COMP style scores. Exits 1 when something is wrong."""
+    from bench.collate.check_results import check_results as check, format_report
+
+    report = check(Path(results_file))
+    click.echo(format_report(report))
+    if not report.ok:
+        sys.exit(1)

@@ -1,0 +1,81 @@
+"""`bench run`, `bench results` and `bench merge`: verifying instances, and the results database."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchError
+
+from bench.cli.options import execution_options, verifier_options
+
+
+@click.command("run")
+@click.option("--instances", "instances_dir", default="instances", show_default=True,
+              type=click.Path(file_okay=False),
+              help="A benchmark folder, or a folder of benchmark folders.")
+@click.option("--verifier", default="marabou", show_default=True,
+              help="Verifier name (see `bench verifiers`).")
+@click.option("--verifier-option", "verifier_options", multiple=True, metavar="KEY=VALUE",
+              callback=verifier_options,
+              help="A verifier parameter, e.g. home=/opt/abcrown or batch=true; repeatable.")
+@click.option("--timeout", type=float, help="Override every instance's timeout (seconds).")
+@click.option("--results", "results_file", default="results/results.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite results database.")
+@click.option("--rerun", is_flag=True, help="Run again instances that already have a result.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@execution_options
+def run(instances_dir, verifier, verifier_options, timeout, results_file, rerun, quiet,
+        workers, executor, ray_address, shard) -> None:
+    """Run a verifier on benchmark instances under a hard timeout.
+
+    Instances that already have a result (other than an error) are skipped, so a killed run
+    resumes where it stopped.
+    """
+    from bench.formats.folder import find_benchmarks
+    from bench.run.runner import run_benchmarks
+
+    folders = find_benchmarks(Path(instances_dir))
+    Path(results_file).parent.mkdir(parents=True, exist_ok=True)
+    summary = run_benchmarks(folders, verifier, Path(results_file), timeout=timeout,
+                             rerun=rerun, progress=not quiet, verifier_params=verifier_options,
+                             workers=workers, executor=executor, ray_address=ray_address,
+                             shard=shard)
+    click.echo(str(summary))
+
+
+@click.group("results")
+def results() -> None:
+    """Inspect a results database."""
+
+
+@results.command("show")
+@click.option("--results", "results_file", default="results/results.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite results database.")
+@click.option("--benchmark", help="Only this benchmark.")
+@click.option("--verifier", help="Only this verifier.")
+@click.option("--status", type=click.Choice(["sat", "unsat", "timeout", "unknown", "error"]),
+              help="Only results with this status.")
+@click.option("--instances", is_flag=True, help="One line per result instead of a summary.")
+def show(results_file: str, benchmark: str | None, verifier: str | None, status: str | None,
+         instances: bool) -> None:
+    """Results with their provenance: verifier version, parameter hash, prune-bench version,
+    host, device and start times, per group (or per instance)."""
+    from bench.run.results import show as show_results
+
+    if not Path(results_file).exists():
+        raise BenchError(f"no results database at {results_file}; run `bench run` first")
+    click.echo(show_results(results_file, benchmark=benchmark, verifier=verifier, status=status,
+                            instances=instances))
+
+
+@click.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--into", "target", required=True, type=click.Path(dir_okay=False),
+              help="The database that receives the rows (created if missing).")
+def merge(sources: tuple[str, ...], target: str) -> None:
+    """Merge results databases (e.g. one per shard) into one, one row per instance and
+    verifier: a decided result beats an error, else the newer one wins. Idempotent."""
+    from bench.run.results import merge as merge_databases
+
+    click.echo(str(merge_databases([Path(s) for s in sources], Path(target))))
