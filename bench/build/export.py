@@ -55,7 +55,7 @@ class ExportedModel:
 def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[ExportedModel],
                     samples_x: torch.Tensor, samples_y: torch.Tensor, sample_indices: list[int],
                     eps: float, timeout: float, max_abs_diff: float = 1e-4,
-                    vnnlib_version: int = 1) -> Path:
+                    vnnlib_version: int = 1, experiment: dict | None = None) -> Path:
     """Export every level and property into ``root``; returns the manifest's path.
 
     ``vnnlib_version`` 1 writes properties as VNN-COMP reads them today; 2 writes VNN-LIB 2.0
@@ -100,6 +100,7 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "suite_version": bench.__version__,
         "config": config,
+        "experiment": experiment or {},
         "dataset": dataset_info,
         "eps": float(eps),
         "timeout": float(timeout),

@@ -40,11 +40,12 @@ VNNCOMP_MAX_TOTAL_TIMEOUT = 6 * 3600.0  # seconds; VNN-COMP's cap on a benchmark
 class Instance:
     """One row of a benchmark's instances.csv."""
 
-    benchmark: str  # the benchmark folder's name
+    benchmark: str  # the benchmark's name (see ``read_instances``)
     root: Path  # the benchmark folder
     onnx: str  # relative to root, as written in instances.csv
     vnnlib: str
     timeout: float
+    benchmark_hash: str = ""  # the benchmark's content hash; "" where not known
 
     @property
     def onnx_path(self) -> Path:
