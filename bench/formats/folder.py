@@ -46,14 +46,19 @@ class Instance:
     vnnlib: str
     timeout: float
     benchmark_hash: str = ""  # the benchmark's content hash; "" where not known
+    # The files to read, where they are not root/onnx and root/vnnlib: the ``.gz`` that
+    # instances.csv's name stands for, or its uncompressed copy (see ``materialize``).
+    onnx_file: Path | None = None
+    vnnlib_file: Path | None = None
 
     @property
     def onnx_path(self) -> Path:
-        return self.root / self.onnx
+        return self.onnx_file or self.root / self.onnx
 
     @property
     def vnnlib_path(self) -> Path:
-        return self.root / self.vnnlib
+        return self.vnnlib_file or self.root / self.vnnlib
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -265,3 +270,38 @@ def verify_manifest(root: Path) -> list[str]:
     elif INSTANCES not in manifest.get("files", {}):
         problems.append(f"{INSTANCES}: missing")
     return problems
+
+
+# --- compressed files -------------------------------------------------------------------------
+
+def plain_copy(path: Path, cache_dir: Path, limit: int) -> Path:
+    """``path`` itself, or for ``X.gz`` an uncompressed copy in ``cache_dir``, named by the
+    sha256 of the compressed file (so it is made once and never mistaken for another), inflated
+    no further than ``limit`` bytes. Raises ``FileProblem`` for a bomb or a broken file."""
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        return path
+    digest = sha256_file(path)
+    target = Path(cache_dir) / digest[:2] / f"{digest}-{path.name[:-3]}"
+    if target.is_file():
+        return target
+    data = read_limited(path, limit)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def materialize(instance: Instance, cache_dir: Path, limits: Limits | None = None) -> Instance:
+    """The instance with plain (uncompressed) files for the tools, which read neither ``.gz``
+    ONNX nor ``.gz`` VNN-LIB; its identity (benchmark, onnx, vnnlib as listed) is unchanged."""
+    from dataclasses import replace
+
+    limits = limits or Limits()
+    return replace(instance,
+                   onnx_file=plain_copy(instance.onnx_path, cache_dir, limits.onnx_bytes),
+                   vnnlib_file=plain_copy(instance.vnnlib_path, cache_dir, limits.vnnlib_bytes))

@@ -69,6 +69,12 @@ class Verifier(ABC):
             )
         self.params = {**self.parameters, **params}
 
+    @property
+    def result_name(self) -> str:
+        """What the results database calls this verifier: its name, or more where one adapter
+        runs several tools (``vnncomp``), so that two tools never share rows."""
+        return self.name
+
     def bool_param(self, name: str) -> bool:
         """A boolean parameter, given as a bool or as text from the command line."""
         value = self.params[name]
