@@ -15,7 +15,8 @@ import torch
 from bench.config import make_config
 from bench.models import build_model
 from bench.training import TRAINERS
-from bench.training.base import Batch, Normalizer
+from bench.models.normalize import Normalizer
+from bench.training.base import Batch
 
 
 def step_time(training: str, model_name: str, batch_size: int, steps: int,

@@ -14,9 +14,10 @@ from bench.config import make_config
 from bench.data import load_dataset
 from bench.lirpa_compat import auto_LiRPA
 from bench.models import build_model
-from bench.pruning.mask import dense_mask
+from bench.models.mask import dense_mask
 from bench.training import TRAINERS
-from bench.training.base import Batch, Normalizer, accuracy, fit
+from bench.models.normalize import Normalizer
+from bench.training.base import Batch, accuracy, fit
 from bench.training.fgsm_gradalign import GRADALIGN_LAMBDA, grad_align_regularizer
 from bench.training.ibp import ibp_init, layers_after_residual_sum, robust_cross_entropy
 from bench.training.pgd import linf_radius, pgd_attack

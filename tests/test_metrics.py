@@ -5,7 +5,7 @@ import torch
 from bench.data import load_dataset
 from bench.build.metrics import level_metrics
 from bench.models import build_model
-from bench.training.base import Normalizer
+from bench.models.normalize import Normalizer
 
 KEYS = {"samples", "eps", "standard_accuracy", "pgd_accuracy", "pgd", "ibp_verified_accuracy",
         "crown_verified_accuracy", "instability", "instability_pre_bn", "instability_bounds",

@@ -13,9 +13,10 @@ from bench.data import load_dataset
 from bench.models import build_model
 from bench.pruning import PRUNERS, hydra, imp, taylor
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import Mask, apply_mask, dense_mask
+from bench.models.mask import Mask, apply_mask, dense_mask
 from bench.pruning.snip import SNIP_BATCHES
-from bench.training.base import Batch, Normalizer, Trainer
+from bench.models.normalize import Normalizer
+from bench.training.base import Batch, Trainer
 from bench.training.crown_ibp import CrownIBP
 
 BATCH = 64

@@ -6,7 +6,7 @@ from bench.errors import BenchError
 from bench.models import build_model
 from bench.pruning import PRUNERS
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import dense_mask, layer_sparsity, load_mask, prunable, remain_ratio, save_mask
+from bench.models.mask import dense_mask, layer_sparsity, load_mask, prunable, remain_ratio, save_mask
 
 
 def context(model, seed=0):

@@ -9,9 +9,10 @@ from bench.config import make_config
 from bench.data import load_dataset
 from bench.build.metrics import level_metrics
 from bench.models import build_model
-from bench.pruning.mask import dense_mask
+from bench.models.mask import dense_mask
 from bench.training import TRAINERS
-from bench.training.base import Batch, Normalizer, fit
+from bench.models.normalize import Normalizer
+from bench.training.base import Batch, fit
 from bench.training.regularizers import (REGULARIZERS, NeuronBounds, ibp_preactivation_bounds,
                                          nrs_loss, rs_loss)
 

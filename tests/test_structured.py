@@ -12,10 +12,11 @@ from bench.errors import BenchError
 from bench.models import build_model
 from bench.pruning import PRUNERS
 from bench.pruning.base import PruneContext
-from bench.pruning.mask import apply_mask, dense_mask
-from bench.pruning.structured import (channel_mask, channel_remain_ratio, compact_model,
-                                      conv_bn_pairs, exportable_model, kept_channels,
-                                      model_stats, _infer_input_shape)
+from bench.models.mask import apply_mask, dense_mask
+from bench.models.compact import (channel_remain_ratio, compact_model, conv_bn_pairs,
+                                  exportable_model, kept_channels, model_stats,
+                                  _infer_input_shape)
+from bench.pruning.structured import channel_mask
 
 
 def context(model):

@@ -6,9 +6,10 @@ from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.lirpa_compat import auto_LiRPA
 from bench.models import build_model
-from bench.pruning.mask import dense_mask
+from bench.models.mask import dense_mask
 from bench.training import TRAINERS
-from bench.training.base import Normalizer, accuracy, fit
+from bench.models.normalize import Normalizer
+from bench.training.base import accuracy, fit
 
 from auto_LiRPA.perturbations import PerturbationLpNorm
 

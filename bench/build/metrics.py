@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.lirpa_compat import auto_LiRPA
-from bench.training.base import Normalizer
+from bench.models.normalize import Normalizer
 from auto_LiRPA.bound_ops import BoundBatchNormalization, BoundRelu  # noqa: E402
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
 

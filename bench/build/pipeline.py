@@ -27,11 +27,12 @@ from bench.build.metrics import level_metrics
 from bench.models import MODELS, build_model
 from bench.pruning import PRUNERS
 from bench.pruning.base import PruneContext
-from bench.pruning.structured import channel_remain_ratio, exportable_model, model_stats
-from bench.pruning.mask import (Mask, apply_mask, dense_mask, layer_sparsity, load_mask,
+from bench.models.compact import channel_remain_ratio, exportable_model, model_stats
+from bench.models.mask import (Mask, apply_mask, dense_mask, layer_sparsity, load_mask,
                                 remain_ratio, save_mask)
 from bench.training import TRAINERS
-from bench.training.base import Normalizer, accuracy, fit
+from bench.models.normalize import Normalizer
+from bench.training.base import accuracy, fit
 from bench.training.regularizers import build_regularizers
 
 

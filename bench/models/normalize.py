@@ -1,14 +1,34 @@
-"""Per-channel input normalization as a plain convolution, for export.
+"""Per-channel input normalization: ``Normalizer`` for training, ``Normalize`` for export.
 
-Trained models take normalized inputs (see docs/ARCHITECTURE.md); the exported ONNX takes raw
-pixels in [0, 1], so normalization is prepended at export time. It is written as a frozen 1x1
-depthwise ``Conv`` rather than ``Sub``/``Div`` because every verifier (and auto_LiRPA) handles a
-Conv, while some reject or mishandle elementwise arithmetic with constant tensors.
+Trained models take normalized inputs (see docs/ARCHITECTURE.md): trainers, pruners and metrics
+normalize raw pixels with ``Normalizer`` outside the model, because auto_LiRPA cannot bound a
+normalization layer inside it. The exported ONNX takes raw pixels in [0, 1], so normalization is
+prepended at export time. It is written as a frozen 1x1 depthwise ``Conv`` rather than
+``Sub``/``Div`` because every verifier (and auto_LiRPA) handles a Conv, while some reject or
+mishandle elementwise arithmetic with constant tensors.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+class Normalizer:
+    """``(x - mean) / std`` per channel on raw pixels, and the eps box around them."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def box(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The L-inf ball of radius ``eps`` around raw ``x``, clipped to the valid pixel range
+        [0, 1], in normalized coordinates."""
+        lower = (x - eps).clamp(0.0, 1.0)
+        upper = (x + eps).clamp(0.0, 1.0)
+        return self(lower), self(upper)
 
 
 class Normalize(nn.Module):

@@ -25,7 +25,7 @@ def cnn4(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 @MODELS.register("mlp")
 def mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Two hidden layers of 32 ReLUs; no convolution, so unstructured pruners see no conv weight
-    and prune the first two linear layers instead (see ``bench.pruning.mask.prunable``)."""
+    and prune the first two linear layers instead (see ``bench.models.mask.prunable``)."""
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(math.prod(input_shape), 32),

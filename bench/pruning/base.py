@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from bench.config import BuildConfig
-from bench.pruning.mask import Mask
-
-if TYPE_CHECKING:  # bench.training imports bench.pruning.mask: avoid the import cycle at runtime
-    from bench.training.base import Normalizer, Trainer
+from bench.models.mask import Mask
+from bench.models.normalize import Normalizer
+from bench.training.base import Trainer
 
 
 @dataclass
@@ -53,6 +51,3 @@ def keep_largest(scores: dict[str, torch.Tensor], mask: Mask, fraction: float) -
         offset += count
         new_mask[name] = (alive_here & ~drop).to(keep.dtype)
     return new_mask
-
-
-PruneFn = Callable[[BuildConfig, nn.Module, Mask, PruneContext], Mask]

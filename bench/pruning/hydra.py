@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from bench.config import BuildConfig
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import Mask, apply_mask
+from bench.models.mask import Mask, apply_mask
 from bench.training.base import Batch
 
 SCORE_EPOCH_FRACTION = 0.1  # score-training epochs per training epoch (paper: 20 / 200)

@@ -7,7 +7,7 @@ import torch.nn as nn
 from bench.config import BuildConfig
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import Mask
+from bench.models.mask import Mask
 
 
 @pruner("random")

@@ -12,9 +12,10 @@ from bench.config import BuildConfig
 from bench.errors import BenchError
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext
-from bench.pruning.mask import Mask
-from bench.pruning.structured import (channel_mask, kept_channels, prune_lowest_channels,
-                                      prune_rate, require_channels)
+from bench.models.mask import Mask
+from bench.models.compact import kept_channels
+from bench.pruning.structured import (channel_mask, prune_lowest_channels, prune_rate,
+                                      require_channels)
 
 NAME = "slim"
 

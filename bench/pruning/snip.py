@@ -20,7 +20,7 @@ import torch.nn as nn
 from bench.config import BuildConfig
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import Mask, apply_mask
+from bench.models.mask import Mask, apply_mask
 from bench.pruning.taylor import cross_entropy_loss, gradient_saliency, saliency_batches
 
 SNIP_BATCHES = 1  # Lee et al.: a single minibatch (of config.batch_size)

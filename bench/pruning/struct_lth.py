@@ -18,9 +18,10 @@ import torch.nn as nn
 from bench.config import BuildConfig
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import Mask
-from bench.pruning.structured import (channel_mask, kept_channels, prune_lowest_channels,
-                                      prune_rate, require_channels)
+from bench.models.mask import Mask
+from bench.models.compact import kept_channels
+from bench.pruning.structured import (channel_mask, prune_lowest_channels, prune_rate,
+                                      require_channels)
 
 NAME = "structlth"
 

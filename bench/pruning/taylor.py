@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bench.config import BuildConfig
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
-from bench.pruning.mask import Mask, apply_mask
+from bench.models.mask import Mask, apply_mask
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

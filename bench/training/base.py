@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from bench.config import BuildConfig
 from bench.lirpa_compat import auto_LiRPA  # noqa: F401  (patches before the scheduler import)
 from auto_LiRPA.eps_scheduler import SmoothedScheduler
-from bench.pruning.mask import Mask, apply_mask, mask_gradients
+from bench.models.mask import Mask, apply_mask, mask_gradients
+from bench.models.normalize import Normalizer
 
 
 @dataclass
@@ -79,20 +80,6 @@ class TrainLog:
     final_loss: float = float("nan")
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
-
-
-class Normalizer:
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-    def box(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        lower = (x - eps).clamp(0.0, 1.0)
-        upper = (x + eps).clamp(0.0, 1.0)
-        return self(lower), self(upper)
 
 
 def make_optimizer(config: BuildConfig, params) -> torch.optim.Optimizer:
