@@ -29,7 +29,7 @@ def step_time(training: str, model_name: str, batch_size: int, steps: int,
     normalizer = Normalizer((0.1307,), (0.3081,))
     x = torch.rand(batch_size, *shape)
     y = torch.randint(0, 10, (batch_size,))
-    eps = fraction * config.eps
+    eps = fraction * config.properties.eps
     lower, upper = normalizer.box(x, eps)
     batch = Batch(normalizer(x), y, lower, upper, eps, fraction)
     optimizer = torch.optim.Adam(trainer.parameters(), lr=1e-3)

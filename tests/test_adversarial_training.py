@@ -4,6 +4,7 @@ Attacks and IBP verification used for the checks are written here in pixel space
 independently of the trainers' normalized-coordinate code.
 """
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from bench.models.mask import dense_mask
 from bench.training import TRAINERS
 from bench.models.normalize import Normalizer
 from bench.training.base import Batch, accuracy, fit
-from bench.training.fgsm_gradalign import GRADALIGN_LAMBDA, grad_align_regularizer
+from bench.training.fgsm_gradalign import FGSM, grad_align_regularizer
 from bench.training.ibp import ibp_init, layers_after_residual_sum, robust_cross_entropy
 from bench.training.pgd import linf_radius, pgd_attack
 
@@ -182,7 +183,7 @@ def test_fgsm_trainer_without_gradalign_is_plain_fgsm(digits, normalizer):
     reference = copy.deepcopy(model)
     config = make_config(dataset="digits", training="fgsm", eps=EPS)
     trainer = TRAINERS.get("fgsm")(config, model, digits.input_shape, 10)
-    trainer.grad_align_lambda = 0.0
+    trainer.params = dataclasses.replace(FGSM, grad_align_lambda=0.0)
     batch = batch_of(digits, normalizer)
     loss = trainer.loss(batch)
     loss.backward()
@@ -200,7 +201,8 @@ def test_fgsm_trainer_without_gradalign_is_plain_fgsm(digits, normalizer):
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
 
     # the default lambda adds the (positive) GradAlign term on top of the same FGSM loss
-    trainer.grad_align_lambda = GRADALIGN_LAMBDA
+    trainer.params = FGSM
+    assert FGSM.grad_align_lambda == 0.2  # the paper's
     assert trainer.loss(batch).item() > loss.item()
 
 

@@ -204,7 +204,7 @@ def build_command(config: Path, root: Path) -> list[str]:
 def weights(root: Path) -> dict[str, dict]:
     import torch  # here, not at the top: spawned writer processes import this module
 
-    (run,) = (root / "runs").iterdir()
+    (run,) = (root / "runs").glob("*/seed_0")
     return {f"{level.name}/{name}": torch.load(level / name, weights_only=True)
             for level in sorted(run.glob("level_*")) for name in ("model.pt", "mask.pt")}
 
@@ -218,10 +218,10 @@ def test_kill_build_mid_training_then_resume_gives_the_same_weights(tmp_path):
     reference = start(build_command(config, tmp_path / "reference"), {}, tmp_path / "ref.txt")
     killed_root = tmp_path / "killed"
     process = start(build_command(config, killed_root), {}, log)
-    level0 = lambda: any((killed_root / "runs").glob("*/level_00/done.json"))  # noqa: E731
+    level0 = lambda: any((killed_root / "runs").glob("*/seed_0/level_00/done.json"))  # noqa: E731
     wait_for(level0, process, timeout=300, log=log)
     sigkill(process)
-    (run,) = (killed_root / "runs").iterdir()
+    (run,) = (killed_root / "runs").glob("*/seed_0")
     assert not (run / "level_02" / "done.json").exists(), "killed too late to test anything"
     assert not list((killed_root / "out").glob("*/manifest.json"))
     level0_stamp = (run / "level_00" / "model.pt").stat().st_mtime_ns

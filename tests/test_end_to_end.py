@@ -44,6 +44,13 @@ def test_layout_and_manifest(workspace):
     assert [m["level"] for m in manifest["models"]] == [0, 1]
     assert manifest["models"][1]["remain_ratio"] == pytest.approx(0.8, abs=0.01)
     assert verify_manifest(bench_dir) == []
+    # The experiment's identity: its seeds are found by name.
+    experiment = manifest["experiment"]
+    assert experiment["name"] == "digits-mlp-crown-ibp-imp" and experiment["seed"] == 0
+    assert bench_dir.name == manifest["benchmark"] == f"{experiment['name']}-{experiment['hash']}-seed0"
+    assert experiment["settings"]["training"]["epochs"] == 3
+    assert experiment["settings"]["training"]["momentum"] == 0.9  # defaults included
+    assert manifest["config"]["epochs"] == 3 and manifest["config"]["seed"] == 0
 
 
 def test_every_onnx_matches_torch_and_every_property_matches_the_data(workspace):
@@ -127,7 +134,9 @@ def test_tables(workspace):
 
 def test_rebuild_skips_finished_levels(workspace):
     root, bench_dir = workspace
-    (run_dir,) = (root / "runs").iterdir()
+    (run_dir,) = (root / "runs").glob("*/seed_0")
+    manifest = json.loads((bench_dir / "manifest.json").read_text())
+    assert run_dir.parent.name == f"digits-mlp-crown-ibp-imp-{manifest['experiment']['levels_hash']}"
     stamp = (run_dir / "level_01" / "model.pt").stat().st_mtime_ns
     result = CliRunner().invoke(main, ["build-instances", "--config", str(root / "tiny.yaml"),
                                        "--out", str(root / "instances"), "--runs-dir",

@@ -137,14 +137,14 @@ def test_truncated_empty_and_foreign_checkpoints_are_refused(tmp_path):
 def test_pipeline_never_runs_a_planted_level_checkpoint(tmp_path):
     """A finished level's model.pt replaced by a pickle with code: resuming the build must
     refuse it (one line) without running it."""
-    from bench.build.pipeline import resolve, run_dir, train_levels
+    from bench.build.pipeline import resolve, train_levels
 
     config = make_config(dataset="digits", model="mlp", training="natural", epochs=1, levels=0,
                          samples=1, train_samples=100, out=str(tmp_path / "instances"),
                          runs_dir=str(tmp_path / "runs"))
     dataset = load_dataset("digits")
     train_levels(config, dataset, progress=False)
-    level_dir = run_dir(resolve(config)) / "level_00"  # resolve: as train_levels names it
+    level_dir = resolve(config).run_dir() / "level_00"  # resolve: as train_levels names it
     assert (level_dir / "done.json").exists()
     marker = tmp_path / "pwned"
     _malicious(level_dir / "model.pt", marker, zip_format=True)

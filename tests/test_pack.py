@@ -234,8 +234,9 @@ def test_pack_a_vnnlib_2_benchmark(config, source, tmp_path):
                     [ExportedModel(lv.level, lv.model, lv.metrics["remain_ratio"],
                                    lv.metrics["clean_accuracy"], lv.metrics["layer_sparsity"])
                      for lv in levels],
-                    dataset.test_x[:4], dataset.test_y[:4], list(range(4)), eps=config.eps,
-                    timeout=config.timeout, vnnlib_version=2)
+                    dataset.test_x[:4], dataset.test_y[:4], list(range(4)),
+                    eps=config.properties.eps, timeout=config.properties.timeout,
+                    vnnlib_version=2)
     as_built = pack_benchmark(root, tmp_path / "packed_v2")
     assert gzip.decompress((as_built / "vnnlib" / "sample_0000.vnnlib.gz").read_bytes()) == \
         (root / "vnnlib" / "sample_0000.vnnlib").read_bytes()

@@ -1,10 +1,12 @@
 """The paper presets and their CPU twins parse, name registered things, and stay twins; every
-training method and pruner runs end to end on a tiny configuration."""
+file under configs/ means what its keys say; every training method and pruner runs end to end
+on a tiny configuration."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from bench.config import expand_runs, load_yaml, make_config
 from bench.build.pipeline import build_instances, resolve
@@ -13,6 +15,7 @@ from bench.training import TRAINERS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PAPER = sorted((CONFIGS / "paper").glob("*.yaml"))
+EVERY_CONFIG = sorted(CONFIGS.rglob("*.yaml"))
 
 
 def runs(path):
@@ -24,30 +27,56 @@ def test_preset_expands_to_valid_runs(path):
     configs = runs(path)
     assert configs
     for config in configs:
-        assert config.prune_rate is not None
+        assert config.pruning.prune_rate is not None
+
+
+@pytest.mark.parametrize("path", EVERY_CONFIG, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_file_loads_and_each_key_sets_that_option(path):
+    """Today's flat keys keep their meaning: each key of the file (or of its sweep point) is
+    the value of the option of that name in every build it expands to."""
+    raw = yaml.safe_load(path.read_text())
+    sweep = raw.pop("sweep", None) or [{}]
+    seeds = raw.pop("seeds", None)
+    configs = runs(path)
+    assert len(configs) == len(sweep) * len(seeds or [raw.get("seed", 0)])
+    for config in configs:
+        point = next(p for p in sweep if all(config.get(k) == v for k, v in p.items()))
+        for key, value in {**raw, **point}.items():
+            assert config.get(key.replace("-", "_")) == value, (key, config.get(key))
+        assert config.seed in (seeds or [raw.get("seed", 0)])
+    assert len({(c.pruning.pruner, c.seed) for c in configs}) == len(configs)
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
 def test_every_paper_preset_has_a_cpu_twin_with_the_same_methods(path):
     paper, twin = runs(path), runs(CONFIGS / "cpu" / path.name)
-    assert {(c.training, c.pruner) for c in paper} == {(c.training, c.pruner) for c in twin}
-    assert all(c.model == paper[0].model or c.model in ("cnn7", "resnet18nr") for c in paper)
+    def methods(configs):
+        return {(c.training.method, c.pruning.pruner) for c in configs}
+
+    assert methods(paper) == methods(twin)
+    assert all(c.model.name == paper[0].model.name or c.model.name in ("cnn7", "resnet18nr")
+               for c in paper)
     assert {c.seed for c in paper} == {100, 200, 300, 400, 500}
-    assert all(c.dataset == "mnist" and len({t.seed for t in twin}) >= 3 for c in twin)
+    assert all(c.data.dataset == "mnist" and len({t.seed for t in twin}) >= 3 for c in twin)
 
 
 def test_paper_settings_match_appendix_a():
     (config, *_) = runs(CONFIGS / "paper" / "cifar10-crown-ibp-eps2_255-unstructured.yaml")
-    assert (config.model, config.epochs, config.lr_milestones, config.lr_gamma) == ("cnn7", 200, [140, 170], 0.1)
-    assert (config.eps_start_epoch, config.eps_start_epoch + config.eps_length - 1) == (11, 80)
-    assert (config.batch_size, config.grad_clip, config.levels, config.prune_rate) == (128, 8.0, 16, 0.2)
-    assert config.eps == pytest.approx(2 / 255) and (config.samples, config.timeout) == (200, 300)
+    training, pruning, properties = config.training, config.pruning, config.properties
+    assert (config.model.name, training.epochs, training.lr_milestones, training.lr_gamma) == (
+        "cnn7", 200, [140, 170], 0.1)
+    assert (training.eps_start_epoch, training.eps_start_epoch + training.eps_length - 1) == (11, 80)
+    assert (training.batch_size, training.grad_clip, pruning.levels, pruning.prune_rate) == (
+        128, 8.0, 16, 0.2)
+    assert properties.eps == pytest.approx(2 / 255)
+    assert (properties.samples, properties.timeout) == (200, 300)
     structured = runs(CONFIGS / "paper" / "cifar10-crown-ibp-eps8_255-structured.yaml")[0]
-    assert (structured.levels, structured.prune_rate, structured.epochs) == (12, 0.11, 300)
+    assert (structured.pruning.levels, structured.pruning.prune_rate,
+            structured.training.epochs) == (12, 0.11, 300)
     nrs = [c for c in runs(CONFIGS / "paper" / "svhn-crown-ibp-eps2_255-unstructured.yaml")
-           if c.pruner == "imp+nrs"][0]
-    assert nrs.weight_decay == 0.0  # paper 4.1.3
-    fgsm = runs(CONFIGS / "paper" / "fashionmnist-fgsm-eps0.1-unstructured.yaml")[0]
+           if c.pruning.pruner == "imp+nrs"][0]
+    assert nrs.training.weight_decay == 0.0  # paper 4.1.3
+    fgsm = runs(CONFIGS / "paper" / "fashionmnist-fgsm-eps0.1-unstructured.yaml")[0].training
     assert (fgsm.optimizer, fgsm.lr, fgsm.momentum, fgsm.weight_decay) == ("sgd", 0.01, 0.9, 5e-4)
 
 

@@ -14,7 +14,7 @@ from bench.models import build_model
 from bench.pruning import PRUNERS, hydra, imp, taylor
 from bench.pruning.base import PruneContext, keep_largest
 from bench.models.mask import Mask, apply_mask, dense_mask
-from bench.pruning.snip import SNIP_BATCHES
+from bench.pruning.snip import SNIP
 from bench.models.normalize import Normalizer
 from bench.training.base import Batch, Trainer
 from bench.training.crown_ibp import CrownIBP
@@ -131,7 +131,7 @@ def test_snip_prunes_the_lowest_gradient_times_weight_at_initialization(digits, 
     context = make_context(digits, normalizer, initial, seed=3)
     new = PRUNERS.get("snip").prune(config(), trained, mask, context)
 
-    batches = same_batches(context, 3, SNIP_BATCHES)
+    batches = same_batches(context, 3, SNIP.batches)
     scores = direct_saliency(initial, mask, batches, taylor.cross_entropy_loss)
     assert_prunes_lowest(scores, mask, new, 0.2)
 
@@ -173,8 +173,8 @@ def test_taylor_prunes_the_lowest_gradient_times_trained_weight(digits, normaliz
     context = make_context(digits, normalizer, initial, seed=7, loss_fn=loss_fn)
     new = PRUNERS.get("taylor").prune(config(), trained, mask, context)
 
-    batches = same_batches(context, 7, taylor.TAYLOR_BATCHES)
-    assert len(batches) == taylor.TAYLOR_BATCHES
+    batches = same_batches(context, 7, taylor.TAYLOR.batches)
+    assert len(batches) == taylor.TAYLOR.batches
     scores = direct_saliency(trained, mask, batches, loss_fn or taylor.cross_entropy_loss)
     assert_prunes_lowest(scores, mask, new, 0.2)
     # the trained model, BatchNorm statistics included, is left alone
@@ -280,7 +280,7 @@ def test_hydra_score_gradient_is_the_straight_through_estimator(digits, normaliz
         clear = grad.abs() > 1e-3 * grad.abs().max()  # Adam's eps blurs the tiniest ones
         moved = start[name] - scores[name]
         assert torch.equal(moved[clear].sign(), grad[clear].sign())
-        assert torch.allclose(moved[clear].abs(), torch.full_like(moved[clear], hydra.SCORE_LR),
+        assert torch.allclose(moved[clear].abs(), torch.full_like(moved[clear], hydra.HYDRA.score_lr),
                               rtol=1e-2)
 
 

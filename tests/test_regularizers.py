@@ -56,8 +56,8 @@ def conv_weights(model):
 
 
 def test_registered_with_the_papers_weights():
-    assert REGULARIZERS["nrs"] == (nrs_loss, 0.01)
-    assert REGULARIZERS["rs"] == (rs_loss, 0.01)
+    assert (REGULARIZERS["nrs"].fn, REGULARIZERS["nrs"].default_weight) == (nrs_loss, 0.01)
+    assert (REGULARIZERS["rs"].fn, REGULARIZERS["rs"].default_weight) == (rs_loss, 0.01)
     assert "slim" in REGULARIZERS
 
 

@@ -3,9 +3,9 @@
 ``level_metrics`` measures, on raw [0, 1] samples and an L-inf radius eps in pixel units:
 
 - ``standard_accuracy``;
-- ``pgd_accuracy``: robust to an L-inf PGD attack (cross-entropy, random start, restarts) in
-  the pixel box clipped to [0, 1]; a sample counts as broken as soon as any iterate of any
-  restart is misclassified;
+- ``pgd_accuracy``: robust to an L-inf PGD attack (cross-entropy, random start, restarts; steps
+  of ``METRICS.pgd_step_factor * eps / steps``) in the pixel box clipped to [0, 1]; a sample
+  counts as broken as soon as any iterate of any restart is misclassified;
 - ``ibp_verified_accuracy`` and ``crown_verified_accuracy``: auto_LiRPA IBP and CROWN
   (``method="backward"``) lower bounds of the margins ``logit_y - logit_j`` (spec
   ``C = e_y - e_j``, j != y) all positive, on a correctly classified sample. Verified implies
@@ -26,15 +26,26 @@ stay untouched) with its parameters frozen.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.config import Hyperparameters, param
 from bench.lirpa_compat import auto_LiRPA
 from bench.models.normalize import Normalizer
 from auto_LiRPA.bound_ops import BoundBatchNormalization, BoundRelu  # noqa: E402
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
+
+
+@dataclass(frozen=True)
+class MetricsParams(Hyperparameters):
+    pgd_step_factor: float = param(2.5, "PGD step size as a multiple of eps / steps (the rule "
+                                   "of the MadryLab robustness library).")
+
+
+METRICS = MetricsParams()
 
 
 def _margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -96,7 +107,7 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
     if pgd_steps < 1 or pgd_restarts < 1:
         raise ValueError("pgd_steps and pgd_restarts must be >= 1")
     if pgd_step_size is None:
-        pgd_step_size = 2.5 * eps / pgd_steps
+        pgd_step_size = METRICS.pgd_step_factor * eps / pgd_steps
     n = x.shape[0]
     if n == 0:
         raise ValueError("level_metrics needs at least one sample")

@@ -1,39 +1,51 @@
 """Train, prune level by level with rewinding, and export the benchmark.
 
-Every level's outputs live in ``runs/<run name>/level_<kk>/``; a level is finished when its
-``done.json`` exists (written last, atomically), and finished levels are loaded instead of
-retrained, so an interrupted build resumes where it stopped. Each level draws its randomness
-from ``(seed, level)``, so a resumed build gives the same networks as an uninterrupted one.
+Every level's outputs live in ``<runs_dir>/<name>-<levels hash>/seed_<s>/level_<kk>/`` (the
+layout is ``bench.config``'s); a level is finished when its ``done.json`` exists (written last,
+atomically), and finished levels are loaded instead of retrained, so an interrupted build resumes
+where it stopped. A run folder records the settings its levels were built with
+(``config.yaml``); a build whose settings differ is refused instead of reusing them. Each level
+draws its randomness from ``(seed, level)``, so a resumed build gives the same networks as an
+uninterrupted one.
+
+The metrics measured on the properties' samples (PGD, IBP- and CROWN-verified accuracy,
+instability; ``bench.build.metrics``) are taken at export, not stored with the level: they
+depend on benchmark settings (samples, PGD steps) in which builds sharing a run may differ.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import yaml
 
-from bench.config import BuildConfig
+from bench.build.metrics import METRICS, level_metrics
 from bench.checkpoints import load_tensors
-from bench.data import load_dataset
+from bench.config import LEVELS, BuildConfig, settings_differences
+from bench.data import DATASETS, load_dataset
 from bench.data.base import Dataset
 from bench.errors import BenchError
-from bench.build.metrics import level_metrics
+from bench.formats.folder import atomic_write_text
+from bench.formats.rules import parse_eps, parse_timeout
 from bench.models import MODELS, build_model
-from bench.pruning import PRUNERS
-from bench.pruning.base import PruneContext
 from bench.models.compact import channel_remain_ratio, exportable_model, model_stats
 from bench.models.mask import (Mask, apply_mask, dense_mask, layer_sparsity, load_mask,
-                                remain_ratio, save_mask)
-from bench.training import TRAINERS
+                               remain_ratio, save_mask)
 from bench.models.normalize import Normalizer
+from bench.pruning import PRUNERS
+from bench.pruning.base import PruneContext
+from bench.training import TRAINERS
 from bench.training.base import accuracy, fit
-from bench.training.regularizers import build_regularizers
+from bench.training.regularizers import REGULARIZERS, build_regularizers, regularizer_name
+
+SETTINGS_FILE = "config.yaml"  # in the run folder: the settings its levels were built with
+_SETTINGS_HEADER = ("# The settings the levels below were built with (bench.config, LEVELS scope).\n"
+                    "# A build with other settings refuses to reuse them; do not edit.\n")
 
 
 @dataclass
@@ -45,10 +57,7 @@ class Level:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def save_tensors_atomic(tensors: dict, path: Path) -> None:
@@ -58,29 +67,75 @@ def save_tensors_atomic(tensors: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-
-
-
 def resolve(config: BuildConfig) -> BuildConfig:
-    """Fail before any work when a name is unknown; fill in the pruner's default rate."""
-    for registry, name in ((MODELS, config.model), (TRAINERS, config.training),
-                           (PRUNERS, config.pruner)):
-        registry.get(name)
-    if config.prune_rate is None:
-        config = dataclasses.replace(config, prune_rate=PRUNERS.get(config.pruner).default_rate)
-    return config
+    """``config`` complete and checked, before any work: every name is registered, eps and the
+    timeout pass the rules every command applies (``bench.formats.rules``), the pruner's default
+    rate and the regularizer it trains with (and that one's default weight) are filled in, and
+    ``plugins`` holds the declared hyperparameters of the trainer, pruner, regularizer and
+    metrics, which the experiment's hashes cover. Resolving twice changes nothing."""
+    DATASETS.get(config.data.dataset)
+    MODELS.get(config.model.name)
+    trainer = TRAINERS.get(config.training.method)
+    pruner = PRUNERS.get(config.pruning.pruner)
+    parse_eps(config.properties.eps, "configuration")
+    parse_timeout(config.properties.timeout, "configuration")
+    name = regularizer_name(config, pruner)
+    regularizer = REGULARIZERS.get(name)
+    weight = config.pruning.regularizer_weight
+    if weight is None:
+        weight = regularizer.default_weight if regularizer else 0.0
+    rate = config.pruning.prune_rate
+    config = config.replace(prune_rate=pruner.default_rate if rate is None else rate,
+                            regularizer=name, regularizer_weight=weight)
+    return replace(config, plugins={
+        "training": trainer.params.values(),
+        "pruner": pruner.params.values(),
+        "regularizer": regularizer.params.values() if regularizer else {},
+        "metrics": METRICS.values(),
+    })
 
 
-def run_dir(config: BuildConfig) -> Path:
-    name = f"{config.dataset}-{config.model}-{config.training}-{config.pruner}-{config.run_hash()}"
-    return Path(config.runs_dir) / name
+def prepare_run_dir(config: BuildConfig) -> Path:
+    """This seed's run folder (created), after checking that the run folder's recorded settings
+    are ``config``'s: levels built with other settings are never reused."""
+    root, record = config.run_root(), config.run_root() / SETTINGS_FILE
+    current = config.identity(LEVELS)
+    if record.exists():
+        differences = settings_differences(_read_settings(record), current)
+        if differences:
+            shown = "; ".join(differences[:3])
+            if len(differences) > 3:
+                shown += f"; and {len(differences) - 3} more"
+            raise BenchError(f"{root} holds levels built with other settings ({shown}); delete "
+                             "that folder to rebuild them, or build into another --runs-dir")
+    elif any(root.glob("seed_*/level_*")):
+        raise BenchError(f"{root} holds levels but no {SETTINGS_FILE} saying how they were "
+                         "built; delete that folder to rebuild them")
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, _SETTINGS_HEADER + yaml.safe_dump(current, sort_keys=True))
+    config.run_dir().mkdir(exist_ok=True)
+    return config.run_dir()
 
 
-def _prepare_run_dir(config: BuildConfig) -> Path:
-    directory = run_dir(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
-    return directory
+def _read_settings(record: Path) -> dict:
+    fix = f"delete {record.parent} to rebuild its levels"
+    try:
+        stored = yaml.safe_load(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise BenchError(f"cannot read {record} ({type(err).__name__}); {fix}") from None
+    if not isinstance(stored, dict):
+        raise BenchError(f"{record} is not a record of settings; {fix}")
+    return stored
+
+
+def legacy_run_folders(runs_dir: str | Path) -> list[Path]:
+    """Run folders of the layout before experiments had seeds (``<run>/level_<kk>/``). Their
+    settings are unknown (defaults were not recorded), so they are never reused."""
+    runs = Path(runs_dir)
+    if not runs.is_dir():
+        return []
+    return sorted(p for p in runs.iterdir() if p.is_dir() and (p / "level_00").is_dir())
 
 
 def _initial_state(config: BuildConfig, directory: Path, shape, classes) -> dict:
@@ -89,8 +144,8 @@ def _initial_state(config: BuildConfig, directory: Path, shape, classes) -> dict
     if path.exists():
         return load_tensors(path)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, shape, classes)
-    TRAINERS.get(config.training).initialize(model)
+    model = build_model(config.model.name, shape, classes)
+    TRAINERS.get(config.training.method).initialize(model)
     save_tensors_atomic(model.state_dict(), path)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -106,24 +161,29 @@ def remain_ratios(model: nn.Module, mask: Mask, structured: bool) -> dict[str, f
 
 
 def _load_level(config: BuildConfig, level_dir: Path, level: int, shape, classes) -> Level:
-    model = build_model(config.model, shape, classes)
+    model = build_model(config.model.name, shape, classes)
     model.load_state_dict(load_tensors(level_dir / "model.pt"))
-    metrics = json.loads((level_dir / "metrics.json").read_text())
+    try:
+        metrics = json.loads((level_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BenchError(f"{level_dir / 'metrics.json'} is unreadable ({type(err).__name__}); "
+                         f"delete {level_dir} to retrain that level") from None
     return Level(level, model.eval(), load_mask(level_dir / "mask.pt"), metrics)
 
 
 def train_levels(config: BuildConfig, dataset: Dataset, progress: bool = True) -> list[Level]:
-    """Levels 0..config.levels: level 0 is dense; level k prunes level k-1's trained weights,
-    then rewinds the survivors (to initialization, to epoch ``rewind_epoch``, or not at all
-    when finetuning) and retrains."""
+    """Levels 0..levels: level 0 is dense; level k prunes level k-1's trained weights, then
+    rewinds the survivors (to initialization, to epoch ``rewind_epoch``, or not at all when
+    finetuning) and retrains."""
     config = resolve(config)
-    directory = _prepare_run_dir(config)
-    trainer_cls = TRAINERS.get(config.training)
-    pruner = PRUNERS.get(config.pruner)
+    directory = prepare_run_dir(config)
+    training, pruning = config.training, config.pruning
+    trainer_cls = TRAINERS.get(training.method)
+    pruner = PRUNERS.get(pruning.pruner)
     regularizers = build_regularizers(config, pruner)
     normalizer = Normalizer(dataset.mean, dataset.std)
     shape, classes = dataset.input_shape, dataset.num_classes
-    n_train = config.train_samples or dataset.train_x.shape[0]
+    n_train = config.data.train_samples or dataset.train_x.shape[0]
     train_x, train_y = dataset.train_x[:n_train], dataset.train_y[:n_train]
     initial_state = _initial_state(config, directory, shape, classes)
     rewind_path = directory / "rewind.pt"
@@ -132,12 +192,12 @@ def train_levels(config: BuildConfig, dataset: Dataset, progress: bool = True) -
         return trainer_cls(config, model, shape, classes, regularizers)
 
     def snapshot_rewind_point(epoch: int, model: nn.Module) -> None:
-        if epoch == config.rewind_epoch:
+        if epoch == pruning.rewind_epoch:
             save_tensors_atomic(model.state_dict(), rewind_path)
 
     levels: list[Level] = []
-    mask = dense_mask(build_model(config.model, shape, classes))
-    for level in range(config.levels + 1):
+    mask = dense_mask(build_model(config.model.name, shape, classes))
+    for level in range(pruning.levels + 1):
         level_dir = directory / f"level_{level:02d}"
         level_dir.mkdir(exist_ok=True)
         if (level_dir / "done.json").exists():
@@ -145,25 +205,25 @@ def train_levels(config: BuildConfig, dataset: Dataset, progress: bool = True) -
             continue
         generator = torch.Generator().manual_seed(config.seed * 1000 + level)
         torch.manual_seed(config.seed * 1000 + level)
-        start_epoch, end_epoch, start_state = 0, config.epochs, initial_state
+        start_epoch, end_epoch, start_state = 0, training.epochs, initial_state
         if level > 0:
             previous = levels[-1]
             context = PruneContext(initial_state, normalizer(train_x), train_y, generator,
                                    make_trainer=make_trainer, normalizer=normalizer)
             mask = pruner.prune(config, previous.model, previous.mask, context)
-            if config.rewind == "epoch":
-                start_epoch, start_state = config.rewind_epoch, load_tensors(rewind_path)
-            elif config.rewind == "finetune":
+            if pruning.rewind == "epoch":
+                start_epoch, start_state = pruning.rewind_epoch, load_tensors(rewind_path)
+            elif pruning.rewind == "finetune":
                 # Keep the trained weights and the decayed lr: train past the schedule's end.
-                start_epoch, end_epoch = config.epochs, 2 * config.epochs
+                start_epoch, end_epoch = training.epochs, 2 * training.epochs
                 start_state = previous.model.state_dict()
-        model = build_model(config.model, shape, classes)
+        model = build_model(config.model.name, shape, classes)
         model.load_state_dict(start_state)
         on_epoch_end = None
-        if level == 0 and config.rewind == "epoch":
+        if level == 0 and pruning.rewind == "epoch":
             on_epoch_end = lambda epoch: snapshot_rewind_point(epoch, model)  # noqa: E731
         log = fit(make_trainer(model), mask, train_x, train_y, normalizer, generator,
-                  desc=f"level {level}/{config.levels}", progress=progress,
+                  desc=f"level {level}/{pruning.levels}", progress=progress,
                   start_epoch=start_epoch, end_epoch=end_epoch, on_epoch_end=on_epoch_end)
         apply_mask(model, mask)
         metrics = {
@@ -173,11 +233,6 @@ def train_levels(config: BuildConfig, dataset: Dataset, progress: bool = True) -
             "clean_accuracy": accuracy(model, dataset.test_x, dataset.test_y, normalizer),
             "train_seconds": log.seconds,
             "train_losses": log.losses,
-            # on the samples that become properties, so they sit beside verified accuracy
-            **level_metrics(model, dataset.test_x[:config.samples],
-                            dataset.test_y[:config.samples], normalizer, config.eps,
-                            pgd_steps=config.pgd_steps, pgd_restarts=config.pgd_restarts,
-                            seed=config.seed),
         }
         save_tensors_atomic(model.state_dict(), level_dir / "model.pt")
         save_mask(mask, level_dir / "mask.pt")
@@ -192,12 +247,15 @@ def build_instances(config: BuildConfig, progress: bool = True) -> Path:
     from bench.build.export import ExportedModel, write_benchmark
 
     config = resolve(config)
-    dataset = load_dataset(config.dataset, config.data_dir, config.download)
-    if config.samples > dataset.test_x.shape[0]:
-        raise BenchError(f"samples={config.samples} but {config.dataset} has only "
+    location, properties = config.location, config.properties
+    dataset = load_dataset(config.data.dataset, location.data_dir, location.download)
+    n = properties.samples
+    if n > dataset.test_x.shape[0]:
+        raise BenchError(f"samples={n} but {config.data.dataset} has only "
                          f"{dataset.test_x.shape[0]} test samples")
     levels = train_levels(config, dataset, progress)
-    structured = PRUNERS.get(config.pruner).structured
+    structured = PRUNERS.get(config.pruning.pruner).structured
+    normalizer = Normalizer(dataset.mean, dataset.std)
     shape = dataset.input_shape
     exported = []
     for lv in levels:
@@ -206,21 +264,26 @@ def build_instances(config: BuildConfig, progress: bool = True) -> Path:
         stats = {f"exported_{k}": v for k, v in model_stats(model, shape).items()}
         extra = {k: v for k, v in lv.metrics.items()
                  if k not in ("level", "remain_ratio", "clean_accuracy", "layer_sparsity")}
+        # On the samples that become properties, so they sit beside verified accuracy.
+        measured = level_metrics(lv.model, dataset.test_x[:n], dataset.test_y[:n], normalizer,
+                                 properties.eps, pgd_steps=config.metrics.pgd_steps,
+                                 pgd_restarts=config.metrics.pgd_restarts, seed=config.seed)
         exported.append(ExportedModel(
             level=lv.level, model=model, remain_ratio=lv.metrics["remain_ratio"],
             clean_accuracy=lv.metrics["clean_accuracy"],
             layer_sparsity=lv.metrics["layer_sparsity"],
-            extra={**extra, **stats, "seed": config.seed, "pruner": config.pruner,
-                   "structured": structured, "run": str(run_dir(config))},
+            extra={**extra, **measured, **stats, "seed": config.seed,
+                   "pruner": config.pruning.pruner, "structured": structured,
+                   "run": str(config.run_dir())},
         ))
-    root = Path(config.out) / config.benchmark_name()
-    n = config.samples
+    root = config.benchmark_dir()
     write_benchmark(
         root, config.to_dict(),
         {"name": dataset.name, "test_order": dataset.test_order, "mean": list(dataset.mean),
          "std": list(dataset.std), "input_shape": list(dataset.input_shape),
          "num_classes": dataset.num_classes},
         exported, dataset.test_x[:n], dataset.test_y[:n], list(range(n)),
-        eps=config.eps, timeout=config.timeout, vnnlib_version=config.vnnlib_version,
+        eps=properties.eps, timeout=properties.timeout,
+        vnnlib_version=properties.vnnlib_version, experiment=config.experiment(),
     )
     return root

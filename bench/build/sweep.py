@@ -2,8 +2,8 @@
 from one configuration file, see ``bench.config.expand_runs``) one after the other, in local
 processes, or as Ray tasks.
 
-A task is one training run: the configurations that share a run folder (they differ only in
-export settings) go together, so that two processes never train the same run at once. Each
+A task is one training run: the configurations that share a seed's run folder (they differ
+only in benchmark settings) go together, so that two processes never train the same run at once. Each
 build is already resumable (finished levels are kept, see ``bench.build.pipeline``), and a build
 whose benchmark folder is complete (its manifest is there and every file matches it) is
 skipped, so running the same sweep again after a kill redoes only the unfinished builds, from
@@ -34,7 +34,7 @@ Echo = Callable[[str], None]
 
 @dataclass
 class BuildOutcome:
-    benchmark: str  # the benchmark folder's name
+    benchmark: str  # the benchmark folder's name (``BuildConfig.benchmark_name``)
     seed: int
     root: str | None = None  # the benchmark folder, once built
     skipped: bool = False  # it was complete already: nothing was done
@@ -43,10 +43,10 @@ class BuildOutcome:
 
     def describe(self) -> str:
         if self.error is not None:
-            return f"{self.benchmark} (seed {self.seed}) FAILED"
+            return f"{self.benchmark} FAILED"
         if self.skipped:
-            return f"{self.benchmark} (seed {self.seed}) already built: {self.root}"
-        return f"{self.benchmark} (seed {self.seed}) built in {self.seconds:.0f} s: {self.root}"
+            return f"{self.benchmark} already built: {self.root}"
+        return f"{self.benchmark} built in {self.seconds:.0f} s: {self.root}"
 
 
 @dataclass(frozen=True)
@@ -58,47 +58,40 @@ class BuildTask:
     threads: int | None = None  # torch threads; None: torch's default
 
 
-def benchmark_root(config: BuildConfig) -> Path:
-    return Path(config.out) / config.benchmark_name()
-
-
 def is_built(config: BuildConfig) -> bool:
     """The benchmark folder is complete: the manifest (written last by the export) exists, was
-    written by this version, and every file matches it."""
+    written by this version for this experiment and seed, and every file matches it."""
     from bench.formats.folder import MANIFEST, load_manifest, verify_manifest
 
-    root = benchmark_root(config)
+    root = config.benchmark_dir()
     if not (root / MANIFEST).is_file():
         return False
     try:
-        if load_manifest(root).get("suite_version") != bench.__version__:
-            return False
+        manifest = load_manifest(root)
     except BenchError:
+        return False
+    experiment = manifest.get("experiment")
+    if (manifest.get("suite_version") != bench.__version__ or not isinstance(experiment, dict)
+            or (experiment.get("hash"), experiment.get("seed"))
+            != (config.experiment_hash(), config.seed)):
         return False
     return not verify_manifest(root)
 
 
 def resolve_all(configs: Sequence[BuildConfig]) -> list[BuildConfig]:
-    """Check every name before any work (an unknown pruner in the 12th build must not wait for
-    11 trainings) and fill in defaults, as ``build_instances`` would."""
-    from bench.data import DATASETS
+    """Check every name and number before any work (an unknown pruner in the 12th build must
+    not wait for 11 trainings) and fill in defaults, as ``build_instances`` would."""
     from bench.build.pipeline import resolve
 
-    resolved = []
-    for config in configs:
-        DATASETS.get(config.dataset)
-        resolved.append(resolve(config))
-    return resolved
+    return [resolve(config) for config in configs]
 
 
 def make_tasks(configs: Sequence[BuildConfig], progress: bool = False,
                threads: int | None = None) -> list[BuildTask]:
     """One task per training run, in the order of the runs' first configurations."""
-    from bench.build.pipeline import run_dir
-
     groups: dict[str, list[BuildConfig]] = {}
     for config in configs:
-        groups.setdefault(str(run_dir(config)), []).append(config)
+        groups.setdefault(str(config.run_dir()), []).append(config)
     return [BuildTask(group, progress, threads) for group in groups.values()]
 
 
@@ -115,7 +108,7 @@ def build_task(task: BuildTask) -> list[BuildOutcome]:
     for config in task.configs:
         outcome = BuildOutcome(config.benchmark_name(), config.seed)
         if is_built(config):
-            outcome.root, outcome.skipped = str(benchmark_root(config)), True
+            outcome.root, outcome.skipped = str(config.benchmark_dir()), True
         else:
             start = time.monotonic()
             outcome.root = str(build_instances(config, progress=task.progress))
@@ -159,6 +152,7 @@ def run_builds(configs: Sequence[BuildConfig], *, workers: int | None = None,
     if workers is not None and workers < 1:
         raise BenchError(f"workers must be at least 1, got {workers}")
     configs = resolve_all(configs)
+    note_legacy_runs(configs, echo)
     if shard is not None:
         shard = Shard.parse(shard)
         configs = [c for c in configs if shard.owns(c.benchmark_name())]
@@ -175,7 +169,7 @@ def run_builds(configs: Sequence[BuildConfig], *, workers: int | None = None,
     for config in configs:
         if is_built(config):
             collect([BuildOutcome(config.benchmark_name(), config.seed,
-                                  str(benchmark_root(config)), skipped=True)])
+                                  str(config.benchmark_dir()), skipped=True)])
         else:
             pending.append(config)
     configs = pending
@@ -200,15 +194,29 @@ def run_builds(configs: Sequence[BuildConfig], *, workers: int | None = None,
     failed = [o for o in outcomes if o.error is not None]
     if failed:
         raise BenchError(f"{len(failed)} of {len(outcomes)} builds failed: "
-                         + ", ".join(f"{o.benchmark} (seed {o.seed})" for o in failed)
+                         + ", ".join(o.benchmark for o in failed)
                          + "; tracebacks above. Run the same command again to retry them.")
     return outcomes
+
+
+def note_legacy_runs(configs: Sequence[BuildConfig], echo: Echo) -> None:
+    """One line per runs folder that holds runs of the layout before seeds were replicates: they
+    are not reused (their settings were not fully recorded), so their builds train anew."""
+    from bench.build.pipeline import legacy_run_folders
+
+    for runs_dir in dict.fromkeys(c.location.runs_dir for c in configs):
+        legacy = legacy_run_folders(runs_dir)
+        if legacy:
+            echo(f"note: {len(legacy)} folder(s) in {runs_dir} (e.g. {legacy[0].name}) hold "
+                 "levels of an older layout, which are not reused: these builds train anew "
+                 "under <name>-<hash>/seed_<s>/; delete the old folders when you no longer "
+                 "need them")
 
 
 def _failed(task: BuildTask, error: str) -> list[BuildOutcome]:
     """Outcomes for a task that failed as a whole: its builds that were complete before count
     as skipped, the others as failed (a rerun resumes them)."""
-    return [BuildOutcome(c.benchmark_name(), c.seed, str(benchmark_root(c)), skipped=True)
+    return [BuildOutcome(c.benchmark_name(), c.seed, str(c.benchmark_dir()), skipped=True)
             if is_built(c) else BuildOutcome(c.benchmark_name(), c.seed, error=error)
             for c in task.configs]
 

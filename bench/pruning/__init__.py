@@ -9,13 +9,16 @@ declaring what else the method needs from training:
   trained with the NRS loss;
 - ``structured``: whether it removes whole channels (exported models are then physically
   smaller), which also sets its default per-level rate (paper 4.1.2: 0.2 unstructured, 0.11
-  structured).
+  structured);
+- ``params``: its own hyperparameters (a ``bench.config.Hyperparameters``, e.g. HYDRA's score
+  training), which the experiment's hash covers: changing one names a new experiment.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+from bench.config import Hyperparameters
 from bench.registry import Registry
 
 
@@ -25,6 +28,7 @@ class Pruner:
     prune: Callable  # (config, trained_model, current_mask, context) -> Mask
     regularizer: str | None = None
     structured: bool = False
+    params: Hyperparameters = Hyperparameters()
 
     @property
     def default_rate(self) -> float:
@@ -34,11 +38,12 @@ class Pruner:
 PRUNERS: Registry[Pruner] = Registry("pruner", "bench.pruning")
 
 
-def pruner(name: str, regularizer: str | None = None, structured: bool = False):
+def pruner(name: str, regularizer: str | None = None, structured: bool = False,
+           params: Hyperparameters = Hyperparameters()):
     """Register the decorated prune function as pruner ``name``."""
 
     def decorator(fn: Callable) -> Callable:
-        PRUNERS.register(name)(Pruner(name, fn, regularizer, structured))
+        PRUNERS.register(name)(Pruner(name, fn, regularizer, structured, params))
         return fn
 
     return decorator

@@ -26,11 +26,11 @@ effective weights ``w * m(s)`` are written into the (shared) weight tensors, the
 gradient with respect to them is taken, and ``dL/ds = dL/dw_eff * w * sign(s)`` (the STE
 with ``dm/d|s| := 1``) is given to the scores. No optimizer ever holds the weights.
 
-Hyperparameters (the paper's ``configs/cibp_hydra.yml``): Adam, lr 1e-3, lr x0.1 at 50% and
-75% of the score training (epochs 10 and 15 of 20), the full eps throughout (the paper's code
-uses ``FixedScheduler(eps)``; at full eps the CROWN-IBP trainer computes pure IBP). The paper
-scores for 20 epochs next to 200 training epochs; we keep that ratio,
-``ceil(0.1 * config.epochs)`` epochs (1 for the default 6-epoch CPU builds). HYDRA's
+Hyperparameters (``HydraParams``, from the paper's ``configs/cibp_hydra.yml``): Adam, lr 1e-3,
+lr x0.1 at 50% and 75% of the score training (epochs 10 and 15 of 20), the full eps throughout
+(the paper's code uses ``FixedScheduler(eps)``; at full eps the CROWN-IBP trainer computes pure
+IBP). The paper scores for 20 epochs next to 200 training epochs; we keep that ratio,
+``ceil(0.1 * epochs)`` epochs (1 for the default 6-epoch CPU builds). HYDRA's
 original SGD lr 0.1 with cosine decay is not used: it was tuned for adversarial training of
 full-size networks, and Adam makes the step size independent of the tiny ``g * w`` scale.
 """
@@ -45,16 +45,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import BuildConfig
+from bench.config import BuildConfig, Hyperparameters, param
+from bench.models.mask import Mask, apply_mask
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
-from bench.models.mask import Mask, apply_mask
 from bench.training.base import Batch
 
-SCORE_EPOCH_FRACTION = 0.1  # score-training epochs per training epoch (paper: 20 / 200)
-SCORE_LR = 1e-3  # Adam (paper's cibp_hydra.yml)
-SCORE_LR_MILESTONES = (0.5, 0.75)  # fractions of the score training where lr drops
-SCORE_LR_GAMMA = 0.1
+
+@dataclass(frozen=True)
+class HydraParams(Hyperparameters):
+    score_epoch_fraction: float = param(
+        0.1, "Score-training epochs per training epoch, at least one (paper: 20 / 200).")
+    score_lr: float = param(1e-3, "Adam learning rate of the scores (paper's cibp_hydra.yml).")
+    score_lr_milestones: tuple[float, ...] = param(
+        (0.5, 0.75), "Fractions of the score training after which the lr drops.")
+    score_lr_gamma: float = param(0.1, "Factor of each lr drop.")
+
+
+HYDRA = HydraParams()
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (normalized x, y) -> loss
 
@@ -69,7 +77,7 @@ class ScoreLog:
 
 
 def score_epochs(config: BuildConfig) -> int:
-    return max(1, math.ceil(SCORE_EPOCH_FRACTION * config.epochs))
+    return max(1, math.ceil(HYDRA.score_epoch_fraction * config.training.epochs))
 
 
 def scaled_scores(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
@@ -103,7 +111,7 @@ def make_objective(config: BuildConfig, model: nn.Module, context: PruneContext)
         return lambda x, y: F.cross_entropy(model(x), y)
 
     trainer = context.make_trainer(model)
-    eps = config.eps if trainer.uses_eps else 0.0
+    eps = config.properties.eps if trainer.uses_eps else 0.0
     normalizer = context.normalizer
     if eps > 0 and normalizer is None:
         raise ValueError("HYDRA under a certified trainer needs PruneContext.normalizer to "
@@ -131,7 +139,7 @@ def train_scores(config: BuildConfig, model: nn.Module, mask: Mask, context: Pru
     passes over the training data, or ``max_steps`` steps if fewer. Writes masked weights
     into ``model`` while it runs and restores its weights before returning; its BatchNorm
     statistics do move (train mode), so pass a copy. Returns the final scores."""
-    rate = config.prune_rate
+    rate = config.pruning.prune_rate
     params = dict(model.named_parameters())
     frozen = {name: params[name].detach().clone() for name in mask}
     scores = {name: s.clone().requires_grad_(True)
@@ -139,13 +147,14 @@ def train_scores(config: BuildConfig, model: nn.Module, mask: Mask, context: Pru
     objective = make_objective(config, model, context)
 
     n = context.train_x.shape[0]
-    batch_size = min(config.batch_size, n)
+    batch_size = min(config.training.batch_size, n)
     batches = max(1, n // batch_size)  # drop the last partial batch, as fit does
     total = epochs * batches if max_steps is None else min(max_steps, epochs * batches)
-    optimizer = torch.optim.Adam(list(scores.values()), lr=SCORE_LR)
+    optimizer = torch.optim.Adam(list(scores.values()), lr=HYDRA.score_lr)
     # Milestones count steps; a milestone at step 0 would decay the lr before the first step.
     lr_decay = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, [max(1, int(f * total)) for f in SCORE_LR_MILESTONES], SCORE_LR_GAMMA)
+        optimizer, [max(1, int(f * total)) for f in HYDRA.score_lr_milestones],
+        HYDRA.score_lr_gamma)
 
     log = ScoreLog()
     model.train()
@@ -170,8 +179,8 @@ def train_scores(config: BuildConfig, model: nn.Module, mask: Mask, context: Pru
                 log.score_grad_norms.append(
                     float(torch.linalg.vector_norm(torch.stack(
                         [torch.linalg.vector_norm(s.grad) for s in grads]))))
-                if config.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(grads, config.grad_clip)
+                if config.training.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(grads, config.training.grad_clip)
                 optimizer.step()
                 lr_decay.step()
                 log.losses.append(float(loss.detach()))
@@ -193,11 +202,11 @@ def hydra_mask(config: BuildConfig, trained_model: nn.Module, current_mask: Mask
     apply_mask(model, current_mask)
     scores, log = train_scores(config, model, current_mask, context,
                                score_epochs(config) if epochs is None else epochs, max_steps)
-    return top_k_mask(scores, current_mask, config.prune_rate), log
+    return top_k_mask(scores, current_mask, config.pruning.prune_rate), log
 
 
-@pruner("hydra")
-@pruner("hydra+nrs", regularizer="nrs")
+@pruner("hydra", params=HYDRA)
+@pruner("hydra+nrs", regularizer="nrs", params=HYDRA)
 def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     return hydra_mask(config, trained_model, current_mask, context)[0]

@@ -14,4 +14,4 @@ def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     params = dict(trained_model.named_parameters())
     scores = {name: params[name].detach().abs() for name in current_mask}
-    return keep_largest(scores, current_mask, config.prune_rate)
+    return keep_largest(scores, current_mask, config.pruning.prune_rate)

@@ -14,4 +14,4 @@ from bench.models.mask import Mask
 def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     scores = {n: torch.rand(m.shape, generator=context.generator) for n, m in current_mask.items()}
-    return keep_largest(scores, current_mask, config.prune_rate)
+    return keep_largest(scores, current_mask, config.pruning.prune_rate)

@@ -14,19 +14,27 @@ this module keeps SNIP's published definition so that SNIP and Taylor pruning di
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch.nn as nn
 
-from bench.config import BuildConfig
+from bench.config import BuildConfig, Hyperparameters, param
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
 from bench.models.mask import Mask, apply_mask
 from bench.pruning.taylor import cross_entropy_loss, gradient_saliency, saliency_batches
 
-SNIP_BATCHES = 1  # Lee et al.: a single minibatch (of config.batch_size)
+
+@dataclass(frozen=True)
+class SnipParams(Hyperparameters):
+    batches: int = param(1, "Minibatches (of --batch-size) the sensitivity is averaged over "
+                         "(Lee et al.: one).")
 
 
-@pruner("snip")
+SNIP = SnipParams()
+
+
+@pruner("snip", params=SNIP)
 def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     # Only the architecture of the trained model is used: every value, BatchNorm statistics
@@ -34,6 +42,6 @@ def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
     model = copy.deepcopy(trained_model)
     model.load_state_dict(context.initial_state)
     apply_mask(model, current_mask)
-    batches = saliency_batches(context, config.batch_size, SNIP_BATCHES)
+    batches = saliency_batches(context, config.training.batch_size, SNIP.batches)
     scores = gradient_saliency(model, current_mask, batches, cross_entropy_loss)
-    return keep_largest(scores, current_mask, config.prune_rate)
+    return keep_largest(scores, current_mask, config.pruning.prune_rate)

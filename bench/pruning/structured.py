@@ -21,8 +21,8 @@ from bench.pruning import PRUNERS
 def prune_rate(config: BuildConfig, pruner_name: str) -> float:
     """The per-level rate: the configured one, or the pruner's default (0.11 of the remaining
     channels for structured pruners, paper 4.1.2) when the configuration leaves it unset."""
-    if config.prune_rate is not None:
-        return config.prune_rate
+    if config.pruning.prune_rate is not None:
+        return config.pruning.prune_rate
     return PRUNERS.get(pruner_name).default_rate
 
 

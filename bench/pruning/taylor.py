@@ -4,7 +4,7 @@ Removing weight ``w`` changes the loss by about ``-g * w`` (first-order Taylor e
 ``g = dL/dw``), so the weights whose removal changes the loss least, ``|g * w|`` smallest, are
 pruned (Molchanov et al. 2017/2019). The gradient is that of the level's training loss
 (``PruneContext.loss_fn`` when the pipeline provides it, natural cross-entropy otherwise) at
-the trained weights, averaged over ``TAYLOR_BATCHES`` minibatches. The paper's code
+the trained weights, averaged over ``TAYLOR.batches`` minibatches. The paper's code
 (VITA-Group/CertifiedPruning, ``pruner.py``, ``taylor1ScorerAbs``) uses one minibatch of the
 certified loss; a few minibatches make the estimate less noisy at the same cost order.
 
@@ -14,20 +14,27 @@ initialization.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import BuildConfig
+from bench.config import BuildConfig, Hyperparameters, param
 from bench.pruning import pruner
 from bench.pruning.base import PruneContext, keep_largest
 from bench.models.mask import Mask, apply_mask
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
-TAYLOR_BATCHES = 4  # minibatches (of config.batch_size) the gradient is averaged over
+
+@dataclass(frozen=True)
+class TaylorParams(Hyperparameters):
+    batches: int = param(4, "Minibatches (of --batch-size) the gradient is averaged over.")
+
+
+TAYLOR = TaylorParams()
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -71,14 +78,14 @@ def gradient_saliency(model: nn.Module, mask: Mask,
     return scores
 
 
-@pruner("taylor")
+@pruner("taylor", params=TAYLOR)
 def prune(config: BuildConfig, trained_model: nn.Module, current_mask: Mask,
           context: PruneContext) -> Mask:
     # A copy: the saliency pass runs BatchNorm in train mode, which would move the trained
     # model's running statistics.
     model = copy.deepcopy(trained_model)
     apply_mask(model, current_mask)
-    batches = saliency_batches(context, config.batch_size, TAYLOR_BATCHES)
+    batches = saliency_batches(context, config.training.batch_size, TAYLOR.batches)
     scores = gradient_saliency(model, current_mask, batches,
                                context.loss_fn or cross_entropy_loss)
-    return keep_largest(scores, current_mask, config.prune_rate)
+    return keep_largest(scores, current_mask, config.pruning.prune_rate)

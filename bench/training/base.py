@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from bench.config import BuildConfig
+from bench.config import BuildConfig, Hyperparameters
 from bench.lirpa_compat import auto_LiRPA  # noqa: F401  (patches before the scheduler import)
 from auto_LiRPA.eps_scheduler import SmoothedScheduler
 from bench.models.mask import Mask, apply_mask, mask_gradients
@@ -37,6 +37,9 @@ class Trainer(ABC):
     """One training method. Subclasses are registered in ``bench.training.TRAINERS``."""
 
     uses_eps: bool = True  # natural training ignores eps
+    # The method's own hyperparameters, which the experiment's hash covers (an instance may
+    # replace them, e.g. in a test).
+    params: Hyperparameters = Hyperparameters()
 
     def __init__(self, config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...],
                  num_classes: int, regularizers: list | None = None):
@@ -83,16 +86,17 @@ class TrainLog:
 
 
 def make_optimizer(config: BuildConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    t = config.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def make_eps_scheduler(config: BuildConfig, batches_per_epoch: int) -> SmoothedScheduler:
+    t = config.training
     scheduler = SmoothedScheduler(
-        config.eps,
-        f"start={config.eps_start_epoch},length={config.eps_length},mid={config.eps_mid}",
+        config.properties.eps,
+        f"start={t.eps_start_epoch},length={t.eps_length},mid={t.eps_mid}",
     )
     scheduler.set_epoch_length(batches_per_epoch)
     scheduler.train()
@@ -104,19 +108,20 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
         progress: bool = True, start_epoch: int = 0, end_epoch: int | None = None,
         on_epoch_end: Callable[[int], None] | None = None) -> TrainLog:
     """Train ``trainer.model`` in place under ``mask`` for epochs ``start_epoch`` up to
-    ``end_epoch`` (default ``config.epochs``). A start past 0 continues the lr decay and the
+    ``end_epoch`` (default the configured epochs). A start past 0 continues the lr decay and the
     eps ramp from there: rewinding to epoch k, or finetuning without resetting them.
     ``on_epoch_end(epoch)`` counts epochs from 1."""
     import time
 
-    config = trainer.config
+    settings = trainer.config.training
+    eps_max = trainer.config.properties.eps
     model = trainer.model
     n = train_x.shape[0]
-    batches = max(1, n // config.batch_size)  # drop the last partial batch, as the reference does
-    optimizer = make_optimizer(config, list(trainer.parameters()))
-    lr_decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones,
-                                                    config.lr_gamma)
-    eps_scheduler = make_eps_scheduler(config, batches)
+    batches = max(1, n // settings.batch_size)  # drop the last partial batch, as the reference does
+    optimizer = make_optimizer(trainer.config, list(trainer.parameters()))
+    lr_decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.lr_milestones,
+                                                    settings.lr_gamma)
+    eps_scheduler = make_eps_scheduler(trainer.config, batches)
     for _ in range(start_epoch):
         eps_scheduler.step_epoch(verbose=False)  # replays the skipped epochs' batches
         lr_decay.step()
@@ -124,7 +129,7 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
     start = time.perf_counter()
     apply_mask(model, mask)
     model.train()
-    end_epoch = config.epochs if end_epoch is None else end_epoch
+    end_epoch = settings.epochs if end_epoch is None else end_epoch
     epochs = tqdm(range(start_epoch, end_epoch), desc=desc, unit="epoch", disable=not progress,
                   leave=False)
     for epoch in epochs:
@@ -132,12 +137,12 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for b in range(batches):
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            idx = order[b * settings.batch_size:(b + 1) * settings.batch_size]
             x, y = train_x[idx], train_y[idx]
             eps_scheduler.step_batch()
             eps = eps_scheduler.get_eps() if trainer.uses_eps else 0.0
             lower, upper = normalizer.box(x, eps)
-            fraction = eps / config.eps if config.eps > 0 else 0.0
+            fraction = eps / eps_max if eps_max > 0 else 0.0
             batch = Batch(normalizer(x), y, lower, upper, eps, fraction)
             loss = trainer.loss(batch)
             if trainer.regularizers and batch.eps > 0:
@@ -145,8 +150,8 @@ def fit(trainer: Trainer, mask: Mask, train_x: torch.Tensor, train_y: torch.Tens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             mask_gradients(model, mask)
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(list(trainer.parameters()), config.grad_clip)
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(list(trainer.parameters()), settings.grad_clip)
             optimizer.step()
             apply_mask(model, mask)
             total += float(loss.detach())

@@ -3,8 +3,8 @@
 The paper's adversarial training method (4.1.3, "FGSM" for short). Each step:
 
 1. FGSM from a zero start: the input gradient g at x, then
-   ``delta = clip(FGSM_ALPHA * eps * sign(g), -eps, eps)``, clipped into the valid pixel range.
-   With a zero start and FGSM_ALPHA >= 1 this is the corner ``x + eps * sign(g)`` of the box:
+   ``delta = clip(fgsm_alpha * eps * sign(g), -eps, eps)``, clipped into the valid pixel range.
+   With a zero start and fgsm_alpha >= 1 this is the corner ``x + eps * sign(g)`` of the box:
    the reference's ``--fgsm_alpha 1.25`` and a step of exactly eps give the same point.
 2. Cross-entropy at ``x + delta``.
 3. GradAlign: ``lambda * (1 - cos(g, g_rand))``, batch-averaged, where g_rand is the input
@@ -15,10 +15,10 @@ The paper's adversarial training method (4.1.3, "FGSM" for short). Each step:
    regularizer's gradient flows through g_rand only, and samples where either gradient is zero
    are left out of the average.
 
-Hyperparameters (module constants; the trainer also reads them from class attributes so a
-test or an experiment can override them on an instance):
+Hyperparameters (``FGSMParams``; the trainer reads them from ``self.params``, so a test can
+replace them on an instance):
 
-- ``GRADALIGN_LAMBDA = 0.2``: Andriushchenko & Flammarion's value for CIFAR-10 at eps 8/255,
+- ``grad_align_lambda = 0.2``: Andriushchenko & Flammarion's value for CIFAR-10 at eps 8/255,
   and the default (``--grad_align_cos_lambda 0.2``) of the paper's own ``fgsm_train.py``, whose
   configs never override it, so the paper used 0.2 for every dataset and eps (2/255, 8/255,
   and 0.1 on FashionMNIST). We follow the paper. Andriushchenko & Flammarion themselves scale
@@ -27,7 +27,7 @@ test or an experiment can override them on an instance):
   ``1.5625 * 1.6 ** (eps_255 / 8)`` (1.76 at 2/255, 2.5 at 8/255) (``sh/exps_diff_eps_*.sh``);
   they publish no MNIST-family value. Lambda does not follow the eps ramp: like theirs, it is
   fixed per run.
-- ``FGSM_ALPHA = 1.25`` with a zero start: their ``--fgsm_alpha`` default and
+- ``fgsm_alpha = 1.25`` with a zero start: their ``--fgsm_alpha`` default and
   ``--attack_init=zero`` for every GradAlign run; the paper's code has the same default.
 - The eps of each step is the ramped eps of ``fit`` (the paper's code also feeds the
   SmoothedScheduler's eps to FGSM). Before the ramp starts (eps = 0) the loss is plain
@@ -45,20 +45,30 @@ CIFAR-10 std is 1.07 times the smallest).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.config import Hyperparameters, param
 from bench.training import TRAINERS
 from bench.training.base import Batch, Trainer
 from bench.training.pgd import clip_to_box, input_gradient, linf_radius
 
-GRADALIGN_LAMBDA = 0.2
-FGSM_ALPHA = 1.25
+
+@dataclass(frozen=True)
+class FGSMParams(Hyperparameters):
+    grad_align_lambda: float = param(0.2, "Weight of the GradAlign regularizer (the paper's, "
+                                     "for every dataset and eps).")
+    fgsm_alpha: float = param(1.25, "FGSM step from a zero start, in units of eps.")
+
+
+FGSM = FGSMParams()
 
 
 def fgsm_point(x: torch.Tensor, grad: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-               alpha: float = FGSM_ALPHA) -> torch.Tensor:
+               alpha: float = FGSM.fgsm_alpha) -> torch.Tensor:
     """FGSM from a zero start: one signed step of ``alpha * radius``, projected onto the box."""
     radius = linf_radius(x, lower, upper)
     delta = (alpha * radius * grad.sign()).clamp(-radius, radius)
@@ -86,16 +96,15 @@ def grad_align_regularizer(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 @TRAINERS.register("fgsm")
 class FGSMGradAlign(Trainer):
-    grad_align_lambda: float = GRADALIGN_LAMBDA
-    fgsm_alpha: float = FGSM_ALPHA
+    params: FGSMParams = FGSM
 
     def loss(self, batch: Batch) -> torch.Tensor:
         if batch.eps <= 0:
             return F.cross_entropy(self.model(batch.x), batch.y)
         grad_clean = input_gradient(self.model, batch.x, batch.y)
-        x_adv = fgsm_point(batch.x, grad_clean, batch.lower, batch.upper, self.fgsm_alpha)
+        x_adv = fgsm_point(batch.x, grad_clean, batch.lower, batch.upper, self.params.fgsm_alpha)
         loss = F.cross_entropy(self.model(x_adv), batch.y)
-        if self.grad_align_lambda > 0:
-            loss = loss + self.grad_align_lambda * grad_align_regularizer(
+        if self.params.grad_align_lambda > 0:
+            loss = loss + self.params.grad_align_lambda * grad_align_regularizer(
                 self.model, batch.x, batch.y, batch.lower, batch.upper, grad_clean)
         return loss

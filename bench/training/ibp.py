@@ -18,9 +18,10 @@ Three parts, each as in their code:
 - **Warmup regularizers** (their ``compute_reg``, default ``--reg-obj relu tightness``): the
   bound-tightness term ``relu(tol - tightness_0 / tightness_l) / tol`` and the ReLU-balance
   term ``(relu(tol - r_mean) + relu(tol - r_var)) / tol`` over the pre-activation bounds of
-  every ReLU layer l, averaged over layers and weighted by ``REG_LAMBDA * (1 - eps / eps_max)``,
+  every ReLU layer l, averaged over layers and weighted by ``reg_lambda * (1 - eps / eps_max)``,
   so they fade out as eps ramps up and are gone at full eps. While eps is still 0 they are
-  computed on a box of half-width ``MIN_EPS_REG`` around x (their ``--min-eps-reg``).
+  computed on a box of half-width ``min_eps_reg`` around x (their ``--min-eps-reg``); all three
+  in ``FastIBPParams``.
 
 The bounded module is built once per trainer and shares the model's parameters (so the
 pipeline's masks, re-applied to the model after every step, hold inside the bounds too).
@@ -31,13 +32,14 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.fx
 import torch.nn.functional as F
 
-from bench.config import BuildConfig
+from bench.config import BuildConfig, Hyperparameters, param
 from bench.lirpa_compat import auto_LiRPA
 from bench.training import TRAINERS
 from bench.training.base import Batch, Trainer
@@ -47,14 +49,22 @@ from bench.training.regularizers import lirpa_preactivation_bounds
 from auto_LiRPA.bound_ops import BoundRelu  # noqa: E402  (after the compat import)
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
 
+
 # Fast-IBP's defaults (parser.py, add_arguments_regularizers_and_init), used for MNIST and
-# CIFAR-10 alike; their README advises 0.1-0.2 for TinyImageNet only.
-REG_LAMBDA = 0.5  # --reg-lambda: the regularizers' weight at eps = 0
-REG_TOL = 0.5  # --tol: tau of the paper's regularizers
-MIN_EPS_REG = 1e-6  # --min-eps-reg: half-width of the box for the regularizers while eps = 0
-# (theirs is in pixels and clipped to the valid range; here it is in normalized units and
-# unclipped, since a batch at eps = 0 carries no box to read the scale or the range from. At
-# this size neither matters: the regularizers look at ratios of bound widths and at signs.)
+# CIFAR-10 alike; their README advises 0.1-0.2 for TinyImageNet only. Their --min-eps-reg is in
+# pixels and clipped to the valid range; ours is in normalized units and unclipped, since a batch
+# at eps = 0 carries no box to read the scale or the range from. At this size neither matters:
+# the regularizers look at ratios of bound widths and at signs.
+@dataclass(frozen=True)
+class FastIBPParams(Hyperparameters):
+    reg_lambda: float = param(0.5, "Weight of the warmup regularizers at eps = 0 "
+                              "(--reg-lambda).")
+    reg_tol: float = param(0.5, "tau of the warmup regularizers (--tol).")
+    min_eps_reg: float = param(1e-6, "Half-width of the box the regularizers use while eps = 0 "
+                               "(--min-eps-reg), in normalized units.")
+
+
+FAST_IBP = FastIBPParams()
 
 
 def ibp_init(model: nn.Module, generator: torch.Generator | None = None) -> list[str]:
@@ -127,7 +137,7 @@ def robust_cross_entropy(margin_lower: torch.Tensor) -> torch.Tensor:
 
 
 def fast_ibp_regularizer(bounded: nn.Module, lower: torch.Tensor, upper: torch.Tensor,
-                         tol: float = REG_TOL) -> torch.Tensor:
+                         tol: float = FAST_IBP.reg_tol) -> torch.Tensor:
     """Fast-IBP's tightness + ReLU-balance regularizers (unweighted), read from the IBP bounds
     of the last ``compute_bounds`` call on ``bounded`` for the input box ``[lower, upper]``."""
     tightness_0 = ((upper - lower) / 2).mean()
@@ -176,8 +186,7 @@ class _Logits(nn.Module):
 
 @TRAINERS.register("ibp")
 class IBP(Trainer):
-    reg_lambda: float = REG_LAMBDA
-    reg_tol: float = REG_TOL
+    params: FastIBPParams = FAST_IBP
 
     def __init__(self, config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...],
                  num_classes: int, regularizers: list | None = None):
@@ -194,7 +203,8 @@ class IBP(Trainer):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         # Fast-IBP regularizes during warmup only, with weight lambda * (1 - eps / eps_max).
-        intensity = self.reg_lambda * (1.0 - batch.eps_fraction) if self.config.eps > 0 else 0.0
+        intensity = (self.params.reg_lambda * (1.0 - batch.eps_fraction)
+                     if self.config.properties.eps > 0 else 0.0)
         regularize = intensity > 0
         if batch.eps <= 0 and not regularize:
             # Through the bounded module, whose BN statistics are the ones kept up to date.
@@ -202,7 +212,7 @@ class IBP(Trainer):
         if batch.eps > 0:
             lower, upper = batch.lower, batch.upper
         else:
-            lower, upper = batch.x - MIN_EPS_REG, batch.x + MIN_EPS_REG
+            lower, upper = batch.x - self.params.min_eps_reg, batch.x + self.params.min_eps_reg
         ptb = PerturbationLpNorm(norm=float("inf"), eps=batch.eps, x_L=lower, x_U=upper)
         x = auto_LiRPA.BoundedTensor(batch.x, ptb)
         logits = self.bounded(x)  # clean forward: sets BN's batch statistics for the bounds
@@ -214,7 +224,7 @@ class IBP(Trainer):
             loss = F.cross_entropy(logits, batch.y)
         if regularize:
             loss = loss + intensity * fast_ibp_regularizer(self.bounded, lower, upper,
-                                                           self.reg_tol)
+                                                           self.params.reg_tol)
         return loss
 
     def preactivation_bounds(self, batch: Batch) -> list:

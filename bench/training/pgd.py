@@ -1,7 +1,7 @@
 """PGD adversarial training (Madry et al. 2018), an extra beside the paper's methods.
 
 Each step trains on the cross-entropy at a PGD adversary: a uniform random start inside the
-L-inf box, then ``PGD_STEPS`` signed-gradient steps of ``PGD_STEP_FACTOR * eps / PGD_STEPS``,
+L-inf box, then ``steps`` signed-gradient steps of ``step_factor * eps / steps`` (``PGDParams``),
 each followed by projection onto the box. The box is the batch's eps ball intersected with the
 valid pixel range, so projecting onto ``[batch.lower, batch.upper]`` is exact.
 
@@ -16,10 +16,13 @@ batch statistics for the adversarial inputs it is trained on.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.config import Hyperparameters, param
 from bench.training import TRAINERS
 from bench.training.base import Batch, Trainer
 
@@ -27,8 +30,13 @@ from bench.training.base import Batch, Trainer
 # eps 0.3 on MNIST; 10 steps with a step of 2.5 * eps / steps (the rule of the MadryLab
 # ``robustness`` library, which lets a run reach the far side of the ball from any start) is
 # the common middle ground, and what Andriushchenko & Flammarion call PGD-10.
-PGD_STEPS = 10
-PGD_STEP_FACTOR = 2.5
+@dataclass(frozen=True)
+class PGDParams(Hyperparameters):
+    steps: int = param(10, "PGD steps of the training adversary (PGD-10).")
+    step_factor: float = param(2.5, "Step size as a multiple of eps / steps.")
+
+
+PGD_TRAINING = PGDParams()
 
 
 def linf_radius(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -63,8 +71,8 @@ def clip_to_box(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> to
 
 
 def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lower: torch.Tensor,
-               upper: torch.Tensor, steps: int = PGD_STEPS,
-               step_factor: float = PGD_STEP_FACTOR, random_start: bool = True,
+               upper: torch.Tensor, steps: int = PGD_TRAINING.steps,
+               step_factor: float = PGD_TRAINING.step_factor, random_start: bool = True,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """An L-inf PGD adversary for cross-entropy inside the box ``[lower, upper]`` around ``x``
     (all normalized). Returns detached adversarial inputs; the model's mode is left as is."""
@@ -83,13 +91,12 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lower: torch.
 
 @TRAINERS.register("pgd")
 class PGD(Trainer):
-    steps: int = PGD_STEPS
-    step_factor: float = PGD_STEP_FACTOR
+    params: PGDParams = PGD_TRAINING
 
     def loss(self, batch: Batch) -> torch.Tensor:
         if batch.eps <= 0:
             # Before the eps ramp the ball is a point: PGD would only repeat the clean input.
             return F.cross_entropy(self.model(batch.x), batch.y)
         x_adv = pgd_attack(self.model, batch.x, batch.y, batch.lower, batch.upper,
-                           steps=self.steps, step_factor=self.step_factor)
+                           steps=self.params.steps, step_factor=self.params.step_factor)
         return F.cross_entropy(self.model(x_adv), batch.y)

@@ -2,7 +2,9 @@
 
 A regularizer is ``fn(trainer, batch) -> scalar tensor``, added to the training loss with a
 weight on every batch where eps > 0. ``build_regularizers`` picks the one a pruner declares
-(``bench.pruning.Pruner.regularizer``) unless the configuration overrides it.
+(``bench.pruning.Pruner.regularizer``) unless the configuration overrides it
+(``regularizer_name``). Each entry of ``REGULARIZERS`` declares its default weight and its own
+hyperparameters, which the experiment's hash covers.
 
 The stability regularizers (paper 3.4.2) act on bounds ``[l, u]`` of every ReLU's input over the
 batch's eps box, which ``trainer.preactivation_bounds(batch)`` supplies: by default IBP through
@@ -27,16 +29,23 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from bench.config import BuildConfig, Hyperparameters, param
 from bench.errors import BenchError
 from bench.lirpa_compat import auto_LiRPA
 from auto_LiRPA.bound_ops import BoundBatchNormalization, BoundParams, BoundRelu  # noqa: E402
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
 
-# Lower limit of gamma^2 in NRS. A pruned channel has gamma = 0 exactly: its BN output is the
-# constant beta, so l = u = beta and l*u >= 0; with the clamp the NRS term saturates at
-# -tanh(+large) = -1 with a zero gradient, instead of dividing by zero. Nearly-zero but unpruned
-# channels get a large but finite ratio, as eq. 5 says they should.
-GAMMA_SQUARED_MIN = 1e-12
+
+@dataclass(frozen=True)
+class NRSParams(Hyperparameters):
+    # A pruned channel has gamma = 0 exactly: its BN output is the constant beta, so l = u =
+    # beta and l*u >= 0; with the clamp the NRS term saturates at -tanh(+large) = -1 with a zero
+    # gradient, instead of dividing by zero. Nearly-zero but unpruned channels get a large but
+    # finite ratio, as eq. 5 says they should.
+    gamma_squared_min: float = param(1e-12, "Lower limit of gamma^2 in NRS's denominator.")
+
+
+NRS = NRSParams()
 
 
 @dataclass
@@ -163,13 +172,16 @@ def _without_gradient_to(loss: torch.Tensor, params: Iterable[torch.Tensor]) -> 
     return loss - torch.stack(correction).sum() if correction else loss
 
 
-def _stability_loss(bounds: list[NeuronBounds], normalize_by_gamma: bool) -> torch.Tensor:
+def _stability_loss(bounds: list[NeuronBounds],
+                    gamma_squared_min: float | None) -> torch.Tensor:
+    """RS's sum of per-layer means; with ``gamma_squared_min`` (NRS) each product is divided by
+    its BatchNorm channel's gamma^2, clamped from below."""
     total = torch.zeros((), device=bounds[0].lower.device)
     for layer in bounds:
         product = layer.lower * layer.upper
-        if normalize_by_gamma and layer.gamma is not None:
+        if gamma_squared_min is not None and layer.gamma is not None:
             shape = (1, -1) + (1,) * (product.ndim - 2)  # per channel, over H and W
-            gamma_squared = layer.gamma.detach().pow(2).clamp_min(GAMMA_SQUARED_MIN)
+            gamma_squared = layer.gamma.detach().pow(2).clamp_min(gamma_squared_min)
             product = product / gamma_squared.view(shape)
         total = total + (-torch.tanh(1.0 + product)).mean()
     return total
@@ -179,7 +191,7 @@ def rs_loss(trainer, batch) -> torch.Tensor:
     """RS loss (Xiao et al. 2019; paper eq. 4): -tanh(1 + l*u) per ReLU neuron, averaged per
     layer and summed over layers. Its gradient reaches every parameter the bounds depend on,
     BatchNorm weights included."""
-    return _stability_loss(trainer.preactivation_bounds(batch), normalize_by_gamma=False)
+    return _stability_loss(trainer.preactivation_bounds(batch), gamma_squared_min=None)
 
 
 def nrs_loss(trainer, batch) -> torch.Tensor:
@@ -190,9 +202,9 @@ def nrs_loss(trainer, batch) -> torch.Tensor:
     denominator or through the bounds; see ``_without_gradient_to``): it trains the weights
     that shape the pre-BN bounds, not BN's scale. A ReLU not fed by BatchNorm (after a Linear
     layer) has no gamma and gets the plain RS term (gamma = 1). gamma^2 is clamped from below
-    at ``GAMMA_SQUARED_MIN`` so that pruned channels (gamma = 0) give no NaN or inf."""
+    at ``NRS.gamma_squared_min`` so that pruned channels (gamma = 0) give no NaN or inf."""
     bounds = trainer.preactivation_bounds(batch)
-    loss = _stability_loss(bounds, normalize_by_gamma=True)
+    loss = _stability_loss(bounds, REGULARIZERS["nrs"].params.gamma_squared_min)
     frozen = {id(p): p for p in _batchnorm_weights(trainer.model)}
     frozen.update({id(b.gamma): b.gamma for b in bounds if b.gamma is not None})
     return _without_gradient_to(loss, frozen.values())
@@ -205,22 +217,43 @@ def bn_slim_loss(trainer, batch) -> torch.Tensor:
     return torch.stack(gammas).sum() if gammas else torch.zeros(())
 
 
-# name -> (function, default weight). Paper 4.1.2: NRS weight 0.01, L1 on gamma 1e-4; RS gets
-# NRS's weight (the paper compares them at equal weight).
-REGULARIZERS: dict[str, tuple[Callable, float]] = {
-    "rs": (rs_loss, 0.01),
-    "nrs": (nrs_loss, 0.01),
-    "slim": (bn_slim_loss, 1e-4),
+@dataclass(frozen=True)
+class Regularizer:
+    fn: Callable  # (trainer, batch) -> scalar tensor
+    default_weight: float
+    params: Hyperparameters = Hyperparameters()
+
+
+# Paper 4.1.2: NRS weight 0.01, L1 on gamma 1e-4; RS gets NRS's weight (the paper compares them
+# at equal weight).
+REGULARIZERS: dict[str, Regularizer] = {
+    "rs": Regularizer(rs_loss, 0.01),
+    "nrs": Regularizer(nrs_loss, 0.01, NRS),
+    "slim": Regularizer(bn_slim_loss, 1e-4),
 }
+NO_REGULARIZER = "none"
 
 
-def build_regularizers(config, pruner) -> list[tuple[float, Callable]]:
-    name = config.regularizer if config.regularizer is not None else pruner.regularizer
-    if name in (None, "none"):
+def regularizer_choices() -> list[str]:
+    return [NO_REGULARIZER, *sorted(REGULARIZERS)]
+
+
+def regularizer_name(config: BuildConfig, pruner) -> str:
+    """The regularizer a build trains with: the configured one, else the pruner's own, else
+    ``"none"``."""
+    name = config.pruning.regularizer
+    if name is None:
+        name = pruner.regularizer or NO_REGULARIZER
+    if name != NO_REGULARIZER and name not in REGULARIZERS:
+        raise BenchError(f"unknown regularizer {name!r}; choose one of: "
+                         + ", ".join(regularizer_choices()))
+    return name
+
+
+def build_regularizers(config: BuildConfig, pruner) -> list[tuple[float, Callable]]:
+    name = regularizer_name(config, pruner)
+    if name == NO_REGULARIZER:
         return []
-    if name not in REGULARIZERS:
-        raise BenchError(f"unknown regularizer {name!r}; choose one of: none, "
-                         + ", ".join(sorted(REGULARIZERS)))
-    fn, default_weight = REGULARIZERS[name]
-    weight = config.regularizer_weight if config.regularizer_weight is not None else default_weight
-    return [(weight, fn)]
+    regularizer = REGULARIZERS[name]
+    weight = config.pruning.regularizer_weight
+    return [(regularizer.default_weight if weight is None else weight, regularizer.fn)]
