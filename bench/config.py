@@ -254,20 +254,20 @@ class BuildConfig:
             (t.eps_start_epoch >= 1, "eps_start_epoch counts from 1"),
             (t.eps_length >= 1, f"eps_length must be >= 1 (got {t.eps_length})"),
             (0.0 < t.eps_mid < 1.0, f"eps_mid must be in (0, 1) (got {t.eps_mid})"),
-            (_finite(t.lr) and t.lr > 0, f"lr must be a finite number above 0 (got {t.lr})"),
-            (_finite(t.momentum) and t.momentum >= 0,
+            (math.isfinite(t.lr) and t.lr > 0, f"lr must be a finite number above 0 (got {t.lr})"),
+            (math.isfinite(t.momentum) and t.momentum >= 0,
              f"momentum must be a finite number >= 0 (got {t.momentum})"),
-            (_finite(t.weight_decay) and t.weight_decay >= 0,
+            (math.isfinite(t.weight_decay) and t.weight_decay >= 0,
              f"weight_decay must be a finite number >= 0 (got {t.weight_decay})"),
-            (_finite(t.lr_gamma) and t.lr_gamma > 0,
+            (math.isfinite(t.lr_gamma) and t.lr_gamma > 0,
              f"lr_gamma must be a finite number above 0 (got {t.lr_gamma})"),
-            (_finite(t.grad_clip) and t.grad_clip >= 0,
+            (math.isfinite(t.grad_clip) and t.grad_clip >= 0,
              f"grad_clip must be a finite number >= 0 (0: off; got {t.grad_clip})"),
             (all(m >= 1 for m in t.lr_milestones),
              f"lr_milestones are epochs, each >= 1 (got {t.lr_milestones})"),
             (self.data.train_samples is None or self.data.train_samples >= 1,
              f"train_samples must be >= 1, or none for all (got {self.data.train_samples})"),
-            (p.regularizer_weight is None or (_finite(p.regularizer_weight)
+            (p.regularizer_weight is None or (math.isfinite(p.regularizer_weight)
                                               and p.regularizer_weight >= 0),
              f"regularizer_weight must be a finite number >= 0 (got {p.regularizer_weight})"),
             (self.metrics.pgd_steps >= 1, f"pgd_steps must be >= 1 (got {self.metrics.pgd_steps})"),
@@ -362,10 +362,6 @@ def settings_differences(stored: Any, current: Any, prefix: str = "") -> list[st
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
 
 
 # --- options: one per setting, by flat name --------------------------------------------------

@@ -47,7 +47,8 @@ def test_layout_and_manifest(workspace):
     # The experiment's identity: its seeds are found by name.
     experiment = manifest["experiment"]
     assert experiment["name"] == "digits-mlp-crown-ibp-imp" and experiment["seed"] == 0
-    assert bench_dir.name == manifest["benchmark"] == f"{experiment['name']}-{experiment['hash']}-seed0"
+    name = f"{experiment['name']}-{experiment['hash']}-seed0"
+    assert bench_dir.name == manifest["benchmark"] == name
     assert experiment["settings"]["training"]["epochs"] == 3
     assert experiment["settings"]["training"]["momentum"] == 0.9  # defaults included
     assert manifest["config"]["epochs"] == 3 and manifest["config"]["seed"] == 0
@@ -136,7 +137,8 @@ def test_rebuild_skips_finished_levels(workspace):
     root, bench_dir = workspace
     (run_dir,) = (root / "runs").glob("*/seed_0")
     manifest = json.loads((bench_dir / "manifest.json").read_text())
-    assert run_dir.parent.name == f"digits-mlp-crown-ibp-imp-{manifest['experiment']['levels_hash']}"
+    levels_hash = manifest["experiment"]["levels_hash"]
+    assert run_dir.parent.name == f"digits-mlp-crown-ibp-imp-{levels_hash}"
     stamp = (run_dir / "level_01" / "model.pt").stat().st_mtime_ns
     result = CliRunner().invoke(main, ["build-instances", "--config", str(root / "tiny.yaml"),
                                        "--out", str(root / "instances"), "--runs-dir",

@@ -65,7 +65,8 @@ def test_paper_settings_match_appendix_a():
     training, pruning, properties = config.training, config.pruning, config.properties
     assert (config.model.name, training.epochs, training.lr_milestones, training.lr_gamma) == (
         "cnn7", 200, [140, 170], 0.1)
-    assert (training.eps_start_epoch, training.eps_start_epoch + training.eps_length - 1) == (11, 80)
+    ramp = (training.eps_start_epoch, training.eps_start_epoch + training.eps_length - 1)
+    assert ramp == (11, 80)
     assert (training.batch_size, training.grad_clip, pruning.levels, pruning.prune_rate) == (
         128, 8.0, 16, 0.2)
     assert properties.eps == pytest.approx(2 / 255)

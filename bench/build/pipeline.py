@@ -44,7 +44,7 @@ from bench.training.base import accuracy, fit
 from bench.training.regularizers import REGULARIZERS, build_regularizers, regularizer_name
 
 SETTINGS_FILE = "config.yaml"  # in the run folder: the settings its levels were built with
-_SETTINGS_HEADER = ("# The settings the levels below were built with (bench.config, LEVELS scope).\n"
+_SETTINGS_HEADER = ("# The settings the levels below were built with (see bench.config).\n"
                     "# A build with other settings refuses to reuse them; do not edit.\n")
 
 
@@ -100,20 +100,21 @@ def prepare_run_dir(config: BuildConfig) -> Path:
     are ``config``'s: levels built with other settings are never reused."""
     root, record = config.run_root(), config.run_root() / SETTINGS_FILE
     current = config.identity(LEVELS)
-    if record.exists():
-        differences = settings_differences(_read_settings(record), current)
-        if differences:
-            shown = "; ".join(differences[:3])
-            if len(differences) > 3:
-                shown += f"; and {len(differences) - 3} more"
-            raise BenchError(f"{root} holds levels built with other settings ({shown}); delete "
-                             "that folder to rebuild them, or build into another --runs-dir")
-    elif any(root.glob("seed_*/level_*")):
-        raise BenchError(f"{root} holds levels but no {SETTINGS_FILE} saying how they were "
-                         "built; delete that folder to rebuild them")
-    else:
+    if not record.exists():
+        # Checked twice: another seed of this experiment, starting at the same moment, writes
+        # the record before its first level.
+        if any(root.glob("seed_*/level_*")) and not record.exists():
+            raise BenchError(f"{root} holds levels but no {SETTINGS_FILE} saying how they were "
+                             "built; delete that folder to rebuild them")
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record, _SETTINGS_HEADER + yaml.safe_dump(current, sort_keys=True))
+    differences = settings_differences(_read_settings(record), current)
+    if differences:
+        shown = "; ".join(differences[:3])
+        if len(differences) > 3:
+            shown += f"; and {len(differences) - 3} more"
+        raise BenchError(f"{root} holds levels built with other settings ({shown}); delete "
+                         "that folder to rebuild them, or build into another --runs-dir")
     config.run_dir().mkdir(exist_ok=True)
     return config.run_dir()
 

@@ -3,11 +3,11 @@ from one configuration file, see ``bench.config.expand_runs``) one after the oth
 processes, or as Ray tasks.
 
 A task is one training run: the configurations that share a seed's run folder (they differ
-only in benchmark settings) go together, so that two processes never train the same run at once. Each
-build is already resumable (finished levels are kept, see ``bench.build.pipeline``), and a build
-whose benchmark folder is complete (its manifest is there and every file matches it) is
-skipped, so running the same sweep again after a kill redoes only the unfinished builds, from
-their last finished level.
+only in benchmark settings) go together, so that two processes never train the same run at
+once. Each build is already resumable (finished levels are kept, see
+``bench.build.pipeline``), and a build whose benchmark folder is complete (its manifest is there,
+names this experiment and seed, and every file matches it) is skipped, so running the same sweep
+again after a kill redoes only the unfinished builds, from their last finished level.
 
 Locally with ``workers=N``, each process gets ``cpus // N`` torch threads (so N trainings do not
 fight over the cores) and, where CUDA devices are present, its own device. With Ray, each task
