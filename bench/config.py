@@ -345,18 +345,25 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LENGTH]
 
 
-def settings_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings (an ``identity``, or a manifest's ``experiment.settings``) as dotted keys:
+    ``{"training.epochs": 6, "plugins.pruner.score_lr": 0.001, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``group.field: <stored> before, <current> now`` for every setting that differs."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        differences = []
-        for key in sorted(set(stored) | set(current), key=str):
-            differences += settings_differences(stored.get(key, "<unset>"),
-                                                current.get(key, "<unset>"),
-                                                f"{prefix}{key}.")
-        return differences
-    if stored == current:
-        return []
-    return [f"{prefix.rstrip('.')}: {_short(stored)} before, {_short(current)} now"]
+    before, now = flat_settings(stored), flat_settings(current)
+    return [f"{key}: {_short(before.get(key, '<unset>'))} before, "
+            f"{_short(now.get(key, '<unset>'))} now"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)
+            or (key in before) != (key in now)]
 
 
 def _short(value: Any) -> str:
