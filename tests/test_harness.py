@@ -317,7 +317,8 @@ def test_tool_dies_when_the_harness_is_killed(tmp_path):
     deadline = time.monotonic() + 20
     tool = []
     while not tool and time.monotonic() < deadline:
-        tool = [p for p in psutil.Process(harness.pid).children() if p.name() == "sleep"]
+        tool = [p for p in psutil.Process(harness.pid).children(recursive=True)
+                if p.name() == "sleep"]
         time.sleep(0.05)
     assert tool, "the tool did not start"
     harness.kill()
