@@ -468,11 +468,11 @@ class Supervised:
         self._done = True
         return self.leftovers
 
-    def abort(self, also_kill: list | None = None) -> None:
+    def abort(self) -> None:
         """Kill the tool and everything it started, now (an interruption, a bug, a lost
         supervisor): through the supervisor, which kills its subtree and exits when it reads
-        end-of-file; if the supervisor is gone or stuck, ourselves: the cgroup, and
-        ``also_kill`` (psutil processes the caller has seen in the tree)."""
+        end-of-file; if the supervisor is gone or stuck, the cgroup. (Without a cgroup, the
+        processes of a lost supervisor are the caller's to kill: those it has seen.)"""
         self._command(b"k")
         if self._control >= 0:
             os.close(self._control)
@@ -484,11 +484,6 @@ class Supervised:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        for proc in also_kill or ():
-            try:
-                proc.kill()
-            except Exception:  # psutil.Error: gone already
-                pass
         if self.cgroup is not None:
             kill_cgroup(self.cgroup)
             remove_cgroup(self.cgroup)

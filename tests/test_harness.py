@@ -325,3 +325,116 @@ def test_tool_dies_when_the_harness_is_killed(tmp_path):
     harness.wait()
     gone, alive = psutil.wait_procs(tool, timeout=5)
     assert not alive
+
+
+# --------------------------------------------------------------------------- escaping processes
+
+DOUBLE_FORK = """
+    if os.fork() == 0:
+        os.setsid()  # a new session: out of the tool's process group
+        if os.fork() == 0:
+            open("grandchild.tmp", "w").write(str(os.getpid()))
+            os.rename("grandchild.tmp", "grandchild")
+            time.sleep(1000)
+        os._exit(0)  # the grandchild is orphaned at once, before any sample could see it
+    os.wait()
+    while not os.path.exists("grandchild"):
+        time.sleep(0.01)
+"""
+
+
+@pytest.fixture(params=["subreaper", "cgroup"])
+def containment(request, monkeypatch):
+    """Each escape test runs with the supervisor alone (a subreaper) and, where this machine
+    lets us make cgroups, with a cgroup per tool as well."""
+    from bench import supervisor
+
+    if request.param == "cgroup":
+        if supervisor.cgroup_home() is None:
+            pytest.skip("no writable cgroup v2 hierarchy here")
+    else:
+        monkeypatch.setattr(supervisor, "_HOME", "")  # as if there were no usable cgroup
+    return request.param
+
+
+def _kill_survivor(pid: int) -> None:
+    """Do not leave a test's escapee running when the assertion fails."""
+    try:
+        psutil.Process(pid).kill()
+    except psutil.Error:
+        pass
+
+
+def test_double_fork_into_a_new_session_dies_at_the_timeout(tmp_path, containment):
+    verifier = tool(tmp_path, DOUBLE_FORK + """
+    time.sleep(1000)
+    """)
+    record = run_instance(verifier, instance(tmp_path, timeout=1.0), tmp_path / "logs", grace=0.5)
+    pid = read_pid(Path(record.log_path) / "grandchild")
+    survived = not gone(pid)
+    _kill_survivor(pid)
+    assert record.status == "timeout"
+    assert not survived, "a double-forked process in a new session outlived the timeout"
+
+
+def test_double_fork_just_before_answering_dies_with_the_answer(tmp_path, containment):
+    verifier = tool(tmp_path, DOUBLE_FORK + """
+    open(result, "w").write("unsat\\n")
+    """)
+    record = run_instance(verifier, instance(tmp_path, timeout=10.0), tmp_path / "logs")
+    pid = read_pid(Path(record.log_path) / "grandchild")
+    survived = not gone(pid)
+    _kill_survivor(pid)
+    assert record.status == "unsat"
+    assert not survived, "a double-forked process outlived the tool's answer"
+
+
+def test_a_tool_that_kills_its_supervisor_still_loses_its_children(tmp_path, containment):
+    from bench.supervisor import SupervisorLost
+
+    verifier = tool(tmp_path, """
+    open("pid", "w").write(str(os.getpid()))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"],
+                             start_new_session=True)
+    open("child", "w").write(str(child.pid))
+    time.sleep(0.5)  # without a cgroup, the harness must have seen it once
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(1000)
+    """)
+    with pytest.raises(SupervisorLost):
+        run_instance(verifier, instance(tmp_path, timeout=30.0), tmp_path / "logs")
+    (folder,) = [p.parent for p in (tmp_path / "logs").rglob("child")]
+    for name in ("child", "pid"):
+        pid = read_pid(folder / name)
+        survived = not gone(pid)
+        _kill_survivor(pid)
+        assert not survived, f"{name} outlived its killed supervisor"
+
+
+def test_each_attempt_has_its_own_folder(tmp_path):
+    verifier = tool(tmp_path, """
+    open(result, "w").write("unsat\\n")
+    """)
+    first = run_instance(verifier, instance(tmp_path), tmp_path / "logs")
+    second = run_instance(verifier, instance(tmp_path), tmp_path / "logs")
+    assert first.log_path != second.log_path
+    assert Path(first.log_path).parent == Path(second.log_path).parent
+    assert (Path(first.log_path) / "result.txt").is_file()  # an earlier attempt is kept
+
+
+def test_the_record_carries_the_benchmark_hash_and_the_deciding_stage(tmp_path):
+    class Staged(FakeTool):
+        def parse(self, instance, workdir, stdout, stderr, returncode):
+            verdict = super().parse(instance, workdir, stdout, stderr, returncode)
+            verdict.decided_by = "attack"  # as a cascade's verdict will say
+            return verdict
+
+    script = tmp_path / "tool.py"
+    script.write_text("import sys\nopen(sys.argv[1], 'w').write('unsat\\n')\n")
+    hashed = Instance(benchmark="fake", root=tmp_path, onnx="net.onnx", vnnlib="prop.vnnlib",
+                      timeout=10.0, benchmark_hash="abc123")
+    record = run_instance(Staged(script=str(script)), hashed, tmp_path / "logs")
+    assert record.status == "unsat"
+    assert record.benchmark_hash == "abc123" and record.decided_by == "attack"
+    plain = run_instance(FakeTool(script=str(script)), hashed, tmp_path / "logs")
+    assert plain.decided_by is None

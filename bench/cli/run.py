@@ -5,7 +5,6 @@ from pathlib import Path
 
 import click
 
-from bench.errors import BenchError
 
 from bench.cli.options import execution_options, verifier_options
 
@@ -22,7 +21,7 @@ from bench.cli.options import execution_options, verifier_options
 @click.option("--timeout", metavar="SECONDS",
               help="Override every instance's timeout: seconds, finite, at most one week.")
 @click.option("--results", "results_file", default="results/results.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite results database.")
+              help="SQLite results database.")
 @click.option("--rerun", is_flag=True, help="Run again instances that already have a result.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @execution_options
@@ -55,7 +54,7 @@ def results() -> None:
 
 @results.command("show")
 @click.option("--results", "results_file", default="results/results.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite results database.")
+              help="SQLite results database.")
 @click.option("--benchmark", help="Only this benchmark.")
 @click.option("--verifier", help="Only this verifier.")
 @click.option("--status", type=click.Choice(["sat", "unsat", "timeout", "unknown", "error"]),
@@ -67,15 +66,13 @@ def show(results_file: str, benchmark: str | None, verifier: str | None, status:
     host, device and start times, per group (or per instance)."""
     from bench.run.results import show as show_results
 
-    if not Path(results_file).exists():
-        raise BenchError(f"no results database at {results_file}; run `bench run` first")
     click.echo(show_results(results_file, benchmark=benchmark, verifier=verifier, status=status,
                             instances=instances))
 
 
 @click.command("merge")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--into", "target", required=True, type=click.Path(dir_okay=False),
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--into", "target", required=True,
               help="The database that receives the rows (created if missing).")
 def merge(sources: tuple[str, ...], target: str) -> None:
     """Merge results databases (e.g. one per shard) into one, one row per instance and

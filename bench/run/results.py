@@ -10,7 +10,7 @@ runner what it may skip: anything but ``error``, which is retried. The ``verifie
 Several runs on one database. A run claims each instance in the ``claims`` table before it
 starts it (``bench.run.claims``), and releases the claim in the same transaction that writes the
 instance's row. A row written by a run (``record(row, run=...)``) never replaces a decided row
-with an ``error`` when that decided row was obtained with the same parameters since the run
+with an ``error`` when that decided row was obtained with the same parameters after the run
 started: only a concurrent run can have written it, and its answer stands. (An error does
 replace a decided row from before the run, e.g. under ``--rerun``: that is what the run was
 asked to redo.)
@@ -120,9 +120,10 @@ def is_decided_row(row: Mapping[str, Any] | None, timeout: float | None = None,
     so that raising the limit reruns exactly those instances. With ``params_hash``, a result
     obtained with other verifier parameters is not decided (so changing a parameter reruns
     everything rather than mixing two configurations in one table); rows from before provenance
-    was recorded (no hash) are kept. With ``since`` (an ISO 8601 UTC time: ``--rerun``), only a
-    result started at or after it counts: a run that redoes everything still skips what a
-    concurrent run has just done."""
+    was recorded (no hash) are kept. With ``since`` (an ISO 8601 UTC time in whole seconds, a
+    run's start: ``--rerun``), only a result started after it counts: a run that redoes
+    everything still skips what a concurrent run has just done. (A result of the very second
+    the run started is redone: that costs a duplicate at worst, never a result.)"""
     if row is None or row["status"] == UNDECIDED:
         return False
     if timeout is not None and row["status"] == Status.TIMEOUT.value and \
@@ -130,7 +131,7 @@ def is_decided_row(row: Mapping[str, Any] | None, timeout: float | None = None,
         return False
     if params_hash is not None and row["params_hash"] not in (None, params_hash):
         return False
-    if since is not None and (row["started_at"] or "") < since:
+    if since is not None and (row["started_at"] or "") <= since:
         return False
     return True
 
@@ -183,7 +184,7 @@ class ResultsDB:
         # Judge the file before changing anything in it (even WAL mode is written to the file).
         problem = schema_problem(self.conn, writing=True)
         if problem is None and check:
-            problem = _integrity_problem(self.conn)
+            problem = _integrity_problem(self.conn, self.path)
         if problem is not None:
             raise BenchError(f"{self.path} {problem}")
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -224,7 +225,7 @@ class ResultsDB:
 
         With ``by``, the run that produced it: the run's claim on the instance is released in
         the same transaction, and an ``error`` does not replace a decided row obtained with the
-        same parameters since the run started (another run's answer; see the module's
+        same parameters after the run started (another run's answer; see the module's
         docstring)."""
         row = result.to_dict() if isinstance(result, RunRecord) else dict(result)
         row["status"] = getattr(row["status"], "value", row["status"])  # a Status or its value
@@ -282,10 +283,10 @@ _UPSERT = (
     f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in COLUMNS if name not in KEY))
 # The last parameter is the writing run's start: a decided row of the same parameters started
-# since then is a concurrent run's answer, and an error does not replace it.
+# after it is a concurrent run's answer, and an error does not replace it.
 _UPSERT_KEEPING_ANSWERS = (
     f"{_UPSERT} WHERE excluded.status != '{UNDECIDED}' OR results.status = '{UNDECIDED}' "
-    "OR results.params_hash IS NOT excluded.params_hash OR COALESCE(results.started_at, '') < ?")
+    "OR results.params_hash IS NOT excluded.params_hash OR COALESCE(results.started_at, '') <= ?")
 
 
 class _Transaction:
@@ -305,8 +306,8 @@ class _Transaction:
 # What to do about each kind of SQLite failure (by the start of its error name).
 _ADVICE = {
     "SQLITE_NOTADB": "is not an SQLite database: move it away, or give another file",
-    "SQLITE_CORRUPT": "is damaged: restore it from a copy, or save its rows with "
-                      "`sqlite3 FILE .recover`",
+    "SQLITE_CORRUPT": "is damaged: restore it from a copy, or save what is left of it with "
+                      "`sqlite3 {path} .recover`",
     "SQLITE_BUSY": "is locked by another process: try again when that one is done",
     "SQLITE_LOCKED": "is locked by another process: try again when that one is done",
     "SQLITE_CANTOPEN": "cannot be opened: check the path and its permissions",
@@ -322,7 +323,7 @@ def database_error(path: Path, err: sqlite3.Error) -> BenchError:
     advice = next((text for prefix, text in _ADVICE.items() if name.startswith(prefix)),
                   "is not a usable results database: move it away, or give another file")
     detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return BenchError(f"{path} {advice} ({detail})")
+    return BenchError(f"{path} {advice.format(path=path)} ({detail})")
 
 
 def schema_problem(conn: sqlite3.Connection, writing: bool) -> str | None:
@@ -344,12 +345,13 @@ def schema_problem(conn: sqlite3.Connection, writing: bool) -> str | None:
     missing = [name for name in (*KEY, "status") if name not in columns]
     if missing:
         return f"has a results table without the column(s) {', '.join(missing)}; {advice}"
-    if not writing:
-        return None
+    # Without it, one instance could have several rows, and every count would be wrong.
     unique = [[row[2] for row in conn.execute(f"PRAGMA index_info('{index[1]}')")]
               for index in conn.execute("PRAGMA index_list(results)") if index[2]]
     if not any(sorted(names) == sorted(KEY) for names in unique):
         return f"has a results table without a unique key on ({', '.join(KEY)}); {advice}"
+    if not writing:
+        return None
     # (cid, name, type, notnull, default, pk): a column we never fill must not be required.
     required = [name for name, info in columns.items()
                 if name not in COLUMNS and info[3] and info[4] is None and not info[5]]
@@ -363,12 +365,12 @@ def schema_problem(conn: sqlite3.Connection, writing: bool) -> str | None:
     return None
 
 
-def _integrity_problem(conn: sqlite3.Connection) -> str | None:
+def _integrity_problem(conn: sqlite3.Connection, path: Path) -> str | None:
     found = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
     if found == ["ok"]:
         return None
-    return (f"is damaged ({found[0][:200]}): restore it from a copy, or save its rows with "
-            "`sqlite3 FILE .recover` into a new file")
+    return (f"is damaged ({found[0][:200]}): restore it from a copy, or save what is left of "
+            f"it with `sqlite3 {path} .recover`")
 
 
 # --------------------------------------------------------------------------- merging
@@ -460,8 +462,8 @@ def read_rows(path: str | Path) -> list[dict]:
     for row in rows:
         problem = _row_problem(row)
         if problem:
-            where = "/".join(str(row.get(name)) for name in KEY)
-            raise BenchError(f"{path}: the row {where[:200]} {problem}; it was not written by "
+            where = ", ".join(f"{str(row.get(name))[:60]!r}" for name in KEY)
+            raise BenchError(f"{path}: the row ({where}) {problem}; it was not written by "
                              "prune-bench or was altered: remove or fix that row")
     return rows
 

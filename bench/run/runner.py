@@ -184,7 +184,7 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
                          log_dir=str(log_dir), install_hint=verifier.install_hint,
                          total=len(instances), shard=str(shard or ""), executor=executor)
     summary.verifier_installed = _installed(verifier)
-    spec = executors.RunSpec(verifier=verifier.name, params=dict(verifier.params),
+    spec = executors.RunSpec(verifier=verifier_name, params=dict(verifier.params),
                              log_dir=log_dir, results_path=results_path,
                              provenance=provenance(verifier), batch=_supports_batch(verifier),
                              result_name=name, run=RunIdentity.here(), rerun=rerun,

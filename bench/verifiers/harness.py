@@ -167,6 +167,16 @@ class _Tree:
         return alive
 
 
+def _kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL ``processes`` and wait (briefly) until they are gone: SIGKILL is asynchronous."""
+    for proc in processes:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(processes, timeout=2.0)
+
+
 def _high_water_rss(pid: int) -> int:
     """VmHWM of a process in bytes (0 where unreadable). Unlike wait4's ru_maxrss it starts
     afresh at exec: ru_maxrss inherits the parent's peak at fork/exec, i.e. this harness's own
@@ -242,7 +252,9 @@ def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM), a bug, or a lost supervisor: never leave the tool
         # running behind us.
-        tool.abort(also_kill=tree.alive() if tree is not None else None)
+        tool.abort()
+        if tree is not None:
+            _kill(tree.alive())  # all gone already, unless the supervisor itself was killed
         raise
     finally:
         gpu.close()
