@@ -1,8 +1,11 @@
-"""A small supervisor between the harness and a tool, so that nothing the tool starts outlives it.
+"""A small supervisor between the harness and its tools, so that nothing a tool starts outlives it.
 
 The harness (``bench.verifiers.harness.run_process``) starts every tool through ``Supervised``,
-which runs this file as a program (``python -I -S supervisor.py``: standard library only, no
-site packages, about 25 ms to start). The supervisor
+which hands it to a supervisor: this file run as a program (``python -I -S supervisor.py``:
+standard library only, no site packages). A supervisor runs one tool at a time; a runner keeps
+its supervisor for all its instances (``reusing_supervisors``), so that starting one (a fresh
+interpreter, tens of milliseconds) is paid once per runner or worker, not once per instance.
+The supervisor
 
 - makes itself a *child subreaper* (``PR_SET_CHILD_SUBREAPER``, Linux 3.4): a process the tool
   starts is reparented to the supervisor when its own parent exits, instead of to init, even if
@@ -12,44 +15,51 @@ site packages, about 25 ms to start). The supervisor
   where the cgroup v2 filesystem lets this process create one (``cgroup_home``). A cgroup is
   killed at once (``cgroup.kill``) and still holds the tool's processes if the supervisor itself
   is killed; a later run removes such leftovers (``sweep_cgroups``);
-- obeys the harness over a pipe: ``t`` sends SIGTERM to every process of the subtree, ``k``
-  sends SIGKILL. When the harness dies, by SIGKILL too, the kernel closes its end of the pipe:
-  the supervisor reads end-of-file, kills the whole subtree and exits. This is what makes a
-  SIGKILL of ``bench run`` (serial) or of one pool worker take the tool's grandchildren with it:
-  ``PR_SET_PDEATHSIG`` reaches only a direct child, and fires when the parent *thread* exits;
+- obeys the harness over a pipe, one line per command: ``run <json>`` starts a tool, ``t`` sends
+  SIGTERM to every process of the tool's subtree, ``k`` sends SIGKILL. When the harness dies, by
+  SIGKILL too, the kernel closes its end of the pipe: the supervisor reads end-of-file, kills the
+  whole subtree and exits. This is what makes a SIGKILL of ``bench run`` (serial) or of one pool
+  worker take the tool's grandchildren with it: ``PR_SET_PDEATHSIG`` reaches only a direct child,
+  and fires when the parent *thread* exits;
 - reports over a second pipe, one line per event: ``started <pid> <monotonic> <cgroup or ->``
   (or ``failed <errno> <message>`` when the tool cannot be started), ``exited <exit code>
   <monotonic>`` when the tool's main process exits, then, after killing whatever the tool left
-  behind, ``done <processes killed>``; and exits. Times are ``time.monotonic()`` (Linux
-  CLOCK_MONOTONIC, the same clock in every process), so the harness measures the tool alone.
+  behind, ``done <processes killed>``. Times are ``time.monotonic()`` (Linux CLOCK_MONOTONIC,
+  the same clock in every process), so the harness measures the tool alone.
 
-What remains possible. Without any cgroup: (1) a process started on the tool's behalf by a
-process *outside* the subtree (a daemon: ``systemd-run``, ``at``, ``docker run``, an ssh to
-localhost, a Ray or Dask cluster, any server the tool talks to) is not ours to find, with or
-without a cgroup (its children live in the daemon's cgroup); (2) if the supervisor itself is
-killed (the tool runs as the same user and may SIGKILL it; the OOM killer may pick it), the
-tool's processes are reparented to init: the harness then kills those it has seen (it samples
-the tree every 0.02-0.1 s for memory) but misses one started after its last look; were the
-harness killed at the same time, nothing would kill them. With a cgroup, (2) is covered: the
-harness kills the cgroup, and a later run kills the cgroups whose supervisor is gone. (3) A
-setuid program in the tree cannot be signalled by a non-root harness, either way.
+What remains possible. (1) A process started on the tool's behalf by a process *outside* the
+subtree (a daemon: ``systemd-run``, ``at``, ``docker run``, an ssh to localhost, a Ray or Dask
+cluster, any server the tool talks to) is not ours to find, with or without a cgroup (it lives in
+the daemon's cgroup). (2) Without a cgroup: if the supervisor itself is killed (the tool runs as
+the same user and may SIGKILL it; the OOM killer may pick it), the tool's processes are
+reparented to init; the harness then kills those it has seen (it samples the tree every
+0.02-0.1 s for memory) but misses one started after its last look, and were the harness killed
+at the same time, nothing would kill them. With a cgroup, (2) is covered: the harness kills the
+cgroup, and a later run kills the cgroups whose supervisor is gone. (3) A setuid program in the
+tree cannot be signalled by a non-root harness, either way. (4) A process of the harness that
+forks without exec (``multiprocessing``'s fork start method) while a supervisor is in use keeps
+a copy of its pipe until it execs or exits, and so delays the supervisor's noticing the
+harness's death until then (the copies are closed in the child at fork, see ``_after_fork``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import re
 import select
 import signal
 import sys
+import threading
 import time
 
 _PR_SET_CHILD_SUBREAPER = 36
-STARTUP_TIMEOUT = 60.0  # seconds for the supervisor to start the tool (it is a fresh Python)
+STARTUP_TIMEOUT = 60.0  # seconds for a supervisor to start the tool (the first time, a fresh Python)
 KILL_PATIENCE = 10.0  # seconds the supervisor keeps killing before it gives up on a process
 CGROUP_ENV = "PRUNE_BENCH_CGROUP"  # "off": never use a cgroup, even where one could be made
 _CGROUP_PREFIX = "prune-bench-"
-_CGROUP_NAME = re.compile(rf"^{_CGROUP_PREFIX}(\d+)-(\d+)$")
+_CGROUP_NAME = re.compile(rf"^{_CGROUP_PREFIX}(\d+)-(\d+)-\d+$")
 
 
 # --------------------------------------------------------------------------- /proc and cgroups
@@ -70,7 +80,11 @@ def start_ticks(pid: int) -> int | None:
 def _process_table() -> dict[int, list[tuple[int, bytes]]]:
     """parent pid -> [(pid, state)] for every process on this machine."""
     children: dict[int, list[tuple[int, bytes]]] = {}
-    for entry in os.listdir("/proc"):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs (not Linux): only the process group can be reached
+        return children
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
@@ -170,85 +184,104 @@ def remove_cgroup(path: str, patience: float = 2.0) -> bool:
 
 def sweep_cgroups(home: str) -> None:
     """Kill and remove the cgroups in ``home`` whose supervisor is gone: what a supervisor
-    killed together with its harness left behind."""
+    killed together with its harness left behind. A cgroup holding a process this machine's
+    view does not show (another pid namespace, e.g. another container sharing the hierarchy)
+    is left alone: its supervisor may well be alive there."""
     try:
         names = os.listdir(home)
     except OSError:
         return
     for name in names:
         match = _CGROUP_NAME.match(name)
-        if match and start_ticks(int(match[1])) != int(match[2]):
-            kill_cgroup(os.path.join(home, name))
-            remove_cgroup(os.path.join(home, name), patience=0.5)
+        if not match or start_ticks(int(match[1])) == int(match[2]):
+            continue
+        path = os.path.join(home, name)
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as procs:
+                members = [int(pid) for pid in procs.read().split()]
+        except (OSError, ValueError):
+            continue
+        if all(pid > 0 and start_ticks(pid) is not None for pid in members):
+            kill_cgroup(path)
+            remove_cgroup(path, patience=0.5)
 
 
 # --------------------------------------------------------------------------- the supervisor
 
 
 class _Supervisor:
+    """The supervisor's state: the tool it runs now, if any, and the tool's cgroup."""
+
     def __init__(self, report: int, home: str | None):
         self.report, self.home = report, home
+        self.tool: int | None = None
         self.cgroup: str | None = None
-        self.cgroup_killable = True  # False while the supervisor itself is still inside it
+        self.runs = 0
         self.harness_gone = False
 
     def send(self, line: str) -> None:
         try:
-            os.write(self.report, (line + "\n").encode())  # < PIPE_BUF: one whole line
+            os.write(self.report, (line + "\n").encode())
         except OSError:  # the harness is gone; it cannot hear us
             self.harness_gone = True
 
-    def spawn(self, command: list[str]) -> int:
-        """Start the tool in a new session, inside a fresh cgroup where we can make one: the
-        supervisor steps into it to start the tool (which inherits it) and steps back out, so
-        that killing the cgroup spares the supervisor."""
-        self.cgroup = self._enter_cgroup()
-        try:
-            return os.posix_spawnp(
-                command[0], command, os.environ, setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores them; tools should not
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
-        finally:
-            self._leave_cgroup()
+    def start(self, request: dict) -> None:
+        """Start the tool of ``request`` (argv, env, cwd, stdout, stderr paths) and report."""
+        self.runs += 1
+        self.cgroup = self._new_cgroup()
+        errors_read, errors_write = os.pipe()  # both close-on-exec: EOF once the tool execs
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the child: only async-safe work here, we are single-threaded
+            os.close(errors_read)
+            _exec_tool(request, self.cgroup, errors_write)
+        os.close(errors_write)
+        failure = b""
+        while chunk := os.read(errors_read, 512):
+            failure += chunk
+        os.close(errors_read)
+        if failure:
+            os.waitpid(pid, 0)
+            self.drop_cgroup()
+            self.send(f"failed {failure.decode(errors='replace')}")
+            return
+        self.tool = pid
+        self.send(f"started {pid} {started!r} {self.cgroup or '-'}")
 
-    def _enter_cgroup(self) -> str | None:
+    def _new_cgroup(self) -> str | None:
         if not self.home:
             return None
-        path = os.path.join(self.home, f"{_CGROUP_PREFIX}{os.getpid()}-{start_ticks(os.getpid())}")
+        me = os.getpid()
+        path = os.path.join(self.home, f"{_CGROUP_PREFIX}{me}-{start_ticks(me)}-{self.runs}")
         try:
             os.mkdir(path)
         except OSError:
             return None
-        try:
-            with open(os.path.join(path, "cgroup.procs"), "w") as procs:
-                procs.write(str(os.getpid()))
-        except OSError:
-            remove_cgroup(path, patience=0)
-            return None
         return path
 
-    def _leave_cgroup(self) -> None:
-        if self.cgroup is None:
+    def finish(self, status: int, ended: float) -> None:
+        """The tool's main process exited: report it, kill what it left, report that."""
+        self.send(f"exited {os.waitstatus_to_exitcode(status)} {ended!r}")
+        leftovers = self.kill_all()
+        self.drop_cgroup()
+        self.tool = None
+        self.send(f"done {leftovers}")
+
+    def terminate(self) -> None:
+        """SIGTERM to the tool's group and to everything below us (also what left the group)."""
+        if self.tool is None:
             return
         try:
-            with open(os.path.join(self.home, "cgroup.procs"), "w") as procs:
-                procs.write(str(os.getpid()))
-        except OSError:
-            # Still inside: killing the cgroup would kill us. Keep the tool in it (it holds the
-            # tool's processes just as well) but kill by the process list instead.
-            self.cgroup_killable = False
-
-    def terminate(self, tool: int) -> None:
-        """SIGTERM to the tool's group and to everything below us (also what left the group)."""
-        try:
-            os.killpg(tool, signal.SIGTERM)
+            os.killpg(self.tool, signal.SIGTERM)
         except OSError:
             pass
         for pid in descendants(os.getpid()):
             _signal(pid, signal.SIGTERM)
 
     def kill_once(self) -> None:
-        if self.cgroup and self.cgroup_killable:
+        if self.tool is None:
+            return
+        if self.cgroup:
             kill_cgroup(self.cgroup)
         for pid in descendants(os.getpid()):
             _signal(pid, signal.SIGKILL)
@@ -260,10 +293,11 @@ class _Supervisor:
         deadline = time.monotonic() + KILL_PATIENCE
         while True:
             reap()
-            alive = descendants(os.getpid())
+            # We are a subreaper: no child at all means nothing below us either.
+            alive = descendants(os.getpid()) if has_children() else []
             if not alive and not has_children():
                 break
-            if alive and not killed and self.cgroup and self.cgroup_killable:
+            if alive and not killed and self.cgroup:
                 kill_cgroup(self.cgroup)  # all at once: nothing can fork in between
             killed.update(alive)
             for pid in alive:
@@ -277,6 +311,37 @@ class _Supervisor:
         if self.cgroup is not None:
             remove_cgroup(self.cgroup)
             self.cgroup = None
+
+
+def _exec_tool(request: dict, cgroup: str | None, errors: int) -> None:
+    """In the forked child: become the tool, or write ``<errno> <message>`` to ``errors``."""
+    try:
+        os.setsid()  # a new session: the tool's group is its own
+        if cgroup:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+                    procs.write("0")  # 0: the writing process
+            except OSError:
+                pass  # the tool runs without; the subreaper still holds it
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM,
+                    signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # Python ignores some; the tool should not
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        streams = [os.open(os.devnull, os.O_RDONLY)] + [
+            os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            for name in ("stdout", "stderr")]
+        for target, fd in enumerate(streams):
+            os.dup2(fd, target)
+        argv = request["argv"]
+        os.execvpe(argv[0], argv, request["env"])
+    except OSError as err:
+        os.write(errors, f"{err.errno or 0} {err.strerror or err}".encode())
+    except BaseException as err:  # noqa: BLE001 (anything: the child must not return)
+        os.write(errors, f"0 {type(err).__name__}: {err}".encode())
+    finally:
+        os._exit(127)
 
 
 def reap() -> list[tuple[int, int]]:
@@ -302,9 +367,8 @@ def has_children() -> bool:
 
 def _main(argv: list[str]) -> int:
     control, report, home = int(argv[1]), int(argv[2]), (None if argv[3] == "-" else argv[3])
-    command = argv[5:]
     for fd in (control, report):
-        os.set_inheritable(fd, False)  # the tool gets neither end
+        os.set_inheritable(fd, False)  # no tool gets either end
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
@@ -317,39 +381,32 @@ def _main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.append(signum))
 
-    supervisor = _Supervisor(report, home)
-    started = time.monotonic()
-    try:
-        tool = supervisor.spawn(command)
-    except OSError as err:
-        supervisor.drop_cgroup()
-        supervisor.send(f"failed {err.errno or 0} {err.strerror or err}")
-        return 1
-    supervisor.send(f"started {tool} {started!r} {supervisor.cgroup or '-'}")
-    exit_status = None
-    while exit_status is None and not supervisor.harness_gone and not stop:
+    supervisor, pending = _Supervisor(report, home), b""
+    while not supervisor.harness_gone and not stop:
         ready = select.select([control, wake_read], [], [])[0]
         if wake_read in ready:
             os.read(wake_read, 512)
         for pid, status in reap():
-            if pid == tool:
-                exit_status, ended = status, time.monotonic()
-        if control in ready:
-            data = os.read(control, 64)
-            if not data:
-                supervisor.harness_gone = True
-            elif b"k" in data:
+            if pid == supervisor.tool:
+                supervisor.finish(status, time.monotonic())
+        if control not in ready:
+            continue
+        data = os.read(control, 65536)
+        if not data:
+            supervisor.harness_gone = True
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            command, _, payload = line.decode().partition(" ")
+            if command == "run" and supervisor.tool is None:
+                supervisor.start(json.loads(payload))
+            elif command == "t":
+                supervisor.terminate()
+            elif command == "k":
                 supervisor.kill_once()
-            elif b"t" in data:
-                supervisor.terminate(tool)
-    if exit_status is None:  # the harness is gone, or we were told to stop
-        supervisor.kill_all()
-        supervisor.drop_cgroup()
-        return 1
-    supervisor.send(f"exited {os.waitstatus_to_exitcode(exit_status)} {ended!r}")
-    leftovers = supervisor.kill_all()
+    # The harness is gone (or we were told to stop): nothing of ours may stay.
+    supervisor.kill_all()
     supervisor.drop_cgroup()
-    supervisor.send(f"done {leftovers}")
     return 0
 
 
@@ -360,96 +417,184 @@ class SupervisorLost(RuntimeError):
     """The supervisor died or stopped answering: the tool's outcome is unknown."""
 
 
+class _Handle:
+    """The harness's end of one supervisor process."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        control_read, self.control = os.pipe()
+        self.report, report_write = os.pipe()
+        self.owner = os.getpid()
+        self.buffer = b""
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable or "python3", "-I", "-S", os.path.abspath(__file__),
+                 str(control_read), str(report_write), cgroup_home() or "-"],
+                stdin=subprocess.DEVNULL, pass_fds=(control_read, report_write),
+                start_new_session=True)
+        except BaseException:
+            os.close(self.control)
+            os.close(self.report)
+            raise
+        finally:
+            os.close(control_read)
+            os.close(report_write)
+        _LIVE.add(self)
+
+    def send(self, line: str) -> None:
+        try:
+            os.write(self.control, (line + "\n").encode())
+        except OSError:  # the supervisor is gone: the next read says so
+            pass
+
+    def next_event(self, timeout: float | None) -> list[str] | None:
+        """The next report line, split; None if none came within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not select.select([self.report], [], [], left)[0]:
+                return None
+            data = os.read(self.report, 4096)
+            if not data:
+                code = self.process.wait()
+                raise SupervisorLost(f"the process supervisor exited (code {code}) without "
+                                     "reporting the tool's end")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode(errors="replace").split(" ")
+
+    def close(self, patience: float = KILL_PATIENCE + 5) -> None:
+        """End the supervisor: on end-of-file it kills whatever runs under it, and exits."""
+        import subprocess
+
+        if self.control >= 0:
+            os.close(self.control)
+            self.control = -1
+        try:
+            self.process.wait(patience)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.report >= 0:
+            os.close(self.report)
+            self.report = -1
+        _LIVE.discard(self)
+
+    def drop_in_fork(self) -> None:
+        """In a forked child: forget this supervisor (it is the parent's) without a word."""
+        for fd in (self.control, self.report):
+            if fd >= 0:
+                os.close(fd)
+        self.control = self.report = -1
+
+
+_LOCK = threading.Lock()
+_IDLE: list[_Handle] = []  # supervisors waiting for their next tool (while reusing)
+_LIVE: set[_Handle] = set()  # every supervisor this process holds
+_REUSERS = 0  # how many ``reusing_supervisors`` blocks are open
+
+
+@contextlib.contextmanager
+def reusing_supervisors():
+    """Inside, a supervisor is kept after its tool and used for the next one (a runner's, a
+    worker's lifetime); on the way out the idle ones are ended. Outside, each tool gets a
+    supervisor of its own, ended with it."""
+    global _REUSERS
+    with _LOCK:
+        _REUSERS += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _REUSERS -= 1
+            idle = _IDLE[:] if _REUSERS == 0 else []
+            if idle:
+                _IDLE.clear()
+        for handle in idle:
+            handle.close()
+
+
+def _checkout() -> _Handle:
+    with _LOCK:
+        while _IDLE:
+            handle = _IDLE.pop()
+            if handle.owner == os.getpid() and handle.process.poll() is None:
+                return handle
+    return _Handle()
+
+
+def _give_back(handle: _Handle) -> None:
+    with _LOCK:
+        if _REUSERS > 0 and handle.owner == os.getpid():
+            _IDLE.append(handle)
+            return
+    handle.close()
+
+
+def _after_fork() -> None:
+    global _REUSERS
+    for handle in list(_LIVE):
+        handle.drop_in_fork()
+    _LIVE.clear()
+    _IDLE.clear()
+    _REUSERS = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class Supervised:
-    """A tool running under a supervisor (see the module's docstring). Raises ``OSError`` when
-    the tool cannot be started (no such executable, ...), as ``subprocess.Popen`` would.
+    """A tool running under a supervisor (see the module's docstring), writing its output to
+    the files ``stdout`` and ``stderr``; ``env`` is its whole environment. Raises ``OSError``
+    when the tool cannot be started (no such executable, no such ``cwd``), as
+    ``subprocess.Popen`` would.
 
     ``started`` and, once ``wait_exit`` returned True, ``ended`` are the supervisor's
     ``time.monotonic()`` readings around the tool's main process; ``returncode`` is its exit
     code (negative: killed by that signal)."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None, stdout=None, stderr=None):
-        import subprocess
-
-        control_read, self._control = os.pipe()
-        self._report, report_write = os.pipe()
-        self._buffer = b""
-        self.tool_pid = 0
-        self.started = self.ended = 0.0
-        self.cgroup: str | None = None
+    def __init__(self, argv: list[str], *, env: dict[str, str], stdout: str | os.PathLike,
+                 stderr: str | os.PathLike, cwd: str | os.PathLike | None = None):
         self.returncode: int | None = None
+        self.ended = 0.0
         self.leftovers = 0
-        self._done = False
+        self._handle: _Handle | None = _checkout()
+        request = {"argv": [os.fspath(arg) for arg in argv], "env": dict(env),
+                   "cwd": os.path.abspath(cwd) if cwd is not None else os.getcwd(),
+                   "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)}
         try:
-            self.process = subprocess.Popen(
-                [sys.executable or "python3", "-I", "-S", os.path.abspath(__file__),
-                 str(control_read), str(report_write), cgroup_home() or "-", "--", *argv],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
-                pass_fds=(control_read, report_write), start_new_session=True)
-        except BaseException:
-            os.close(self._control)
-            os.close(self._report)
-            raise
-        finally:
-            os.close(control_read)
-            os.close(report_write)
-        try:
-            event = self._next_event(STARTUP_TIMEOUT)
+            self._handle.send(f"run {json.dumps(request)}")
+            event = self._handle.next_event(STARTUP_TIMEOUT)
         except BaseException:
             self.abort()
             raise
-        if event[0] == "failed":
-            self.close()
+        if event is not None and event[0] == "failed":
+            _give_back(self._handle)
+            self._handle = None
             errno = int(event[1])
-            raise OSError(errno, " ".join(event[2:]) or os.strerror(errno), argv[0])
-        if event[0] != "started":
+            raise OSError(errno, " ".join(event[2:]) or os.strerror(errno), str(argv[0]))
+        if event is None or event[0] != "started":
             self.abort()
-            raise SupervisorLost(f"the supervisor said {' '.join(event)!r} instead of starting")
+            raise SupervisorLost(f"the supervisor did not start the tool ({event})")
         self.tool_pid, self.started = int(event[1]), float(event[2])
         self.cgroup = None if event[3] == "-" else event[3]
-
-    @property
-    def supervisor_pid(self) -> int:
-        return self.process.pid
-
-    def _next_event(self, timeout: float | None) -> list[str] | None:
-        """The next report line, split; None if none came within ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if not select.select([self._report], [], [], left)[0]:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
-                continue
-            data = os.read(self._report, 4096)
-            if not data:
-                code = self.process.wait()
-                raise SupervisorLost(f"the process supervisor exited (code {code}) without "
-                                     "reporting the tool's end")
-            self._buffer += data
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode(errors="replace").split(" ")
-
-    def _command(self, letter: bytes) -> None:
-        try:
-            os.write(self._control, letter)
-        except OSError:  # the supervisor is gone: the next wait says so
-            pass
+        self.supervisor_pid = self._handle.process.pid
 
     def terminate(self) -> None:
         """SIGTERM to every process of the tool."""
-        self._command(b"t")
+        self._handle.send("t")
 
     def kill(self) -> None:
         """SIGKILL to every process of the tool."""
-        self._command(b"k")
+        self._handle.send("k")
 
     def wait_exit(self, timeout: float) -> bool:
         """True once the tool's main process has exited; waits at most ``timeout`` seconds."""
         if self.returncode is not None:
             return True
-        event = self._next_event(timeout)
+        event = self._handle.next_event(timeout)
         if event is None:
             return False
         if event[0] != "exited":
@@ -459,44 +604,29 @@ class Supervised:
 
     def finish(self) -> int:
         """After the main process exited: wait until the supervisor has killed what the tool
-        left behind, and has exited; returns how many processes that took."""
-        event = self._next_event(KILL_PATIENCE + STARTUP_TIMEOUT)
+        left behind; returns how many processes that took."""
+        event = self._handle.next_event(KILL_PATIENCE + STARTUP_TIMEOUT)
         if event is None or event[0] != "done":
             raise SupervisorLost("the supervisor did not finish cleaning up")
         self.leftovers = int(event[1])
-        self.process.wait()
-        self._done = True
+        _give_back(self._handle)
+        self._handle = None
         return self.leftovers
 
     def abort(self) -> None:
         """Kill the tool and everything it started, now (an interruption, a bug, a lost
-        supervisor): through the supervisor, which kills its subtree and exits when it reads
-        end-of-file; if the supervisor is gone or stuck, the cgroup. (Without a cgroup, the
-        processes of a lost supervisor are the caller's to kill: those it has seen.)"""
-        self._command(b"k")
-        if self._control >= 0:
-            os.close(self._control)
-            self._control = -1
-        import subprocess
-
-        try:
-            self.process.wait(KILL_PATIENCE + 5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.cgroup is not None:
-            kill_cgroup(self.cgroup)
-            remove_cgroup(self.cgroup)
-        self._done = True
-
-    def close(self) -> None:
-        if not self._done:
-            self.abort()
-        for name in ("_control", "_report"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
+        supervisor): the supervisor is ended, which kills its subtree; if it is gone or stuck,
+        the tool's cgroup is killed. (Without a cgroup, the processes of a lost supervisor are
+        the caller's to kill: those it has seen.)"""
+        if self._handle is None:
+            return
+        self._handle.send("k")
+        self._handle.close()
+        self._handle = None
+        cgroup = getattr(self, "cgroup", None)
+        if cgroup is not None:
+            kill_cgroup(cgroup)
+            remove_cgroup(cgroup)
 
 
 if __name__ == "__main__":

@@ -438,3 +438,43 @@ def test_the_record_carries_the_benchmark_hash_and_the_deciding_stage(tmp_path):
     assert record.benchmark_hash == "abc123" and record.decided_by == "attack"
     plain = run_instance(FakeTool(script=str(script)), hashed, tmp_path / "logs")
     assert plain.decided_by is None
+
+
+def test_a_cgroup_left_by_a_killed_supervisor_is_swept(tmp_path):
+    """Were the harness and its supervisor killed together, the tool's processes would stay in
+    their cgroup: the next run's first look at the hierarchy kills them."""
+    from bench import supervisor
+
+    home = supervisor.cgroup_home()
+    if home is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    gone_pid = psutil.Popen(["true"])
+    gone_pid.wait()
+    stale = Path(home) / f"prune-bench-{gone_pid.pid}-1-1"
+    stale.mkdir()
+    leftover = psutil.Popen(["sleep", "100"])
+    try:
+        (stale / "cgroup.procs").write_text(str(leftover.pid))
+        supervisor.sweep_cgroups(home)
+        assert leftover.wait(5) == -9 and not stale.exists()
+    finally:
+        if leftover.is_running():
+            leftover.kill()
+        supervisor.remove_cgroup(str(stale), patience=0)
+
+
+def test_a_runner_keeps_one_supervisor_for_all_its_tools(tmp_path):
+    from bench.supervisor import reusing_supervisors
+
+    out, err = tmp_path / "out", tmp_path / "err"
+    supervisors = []
+    with reusing_supervisors():
+        for _ in range(3):
+            run_process([sys.executable, "-c", "import os; print(os.getppid())"], timeout=5,
+                        stdout_path=out, stderr_path=err)
+            supervisors.append(int(out.read_text()))
+        assert len(set(supervisors)) == 1
+        supervisor = psutil.Process(supervisors[0])
+    _, alive = psutil.wait_procs([supervisor], timeout=5)
+    assert not alive  # ended with the block
+    run_process(["true"], timeout=5, stdout_path=out, stderr_path=err)  # one of its own, ended

@@ -50,6 +50,7 @@ from bench.parallel import (Slot, default_window, describe_cpu, describe_gpu, en
 from bench.run import claims
 from bench.run.claims import RunIdentity
 from bench.run.results import ResultsDB, is_decided_row
+from bench.supervisor import reusing_supervisors
 from bench.verifiers import VERIFIERS, Status, Verifier
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
 
@@ -206,7 +207,7 @@ def harness_failure(verifier: str, instance: Instance, log_dir: Path,
 
 def run_serial(spec: RunSpec, units: Sequence[Unit], slot: Slot, on_result: OnResult) -> None:
     verifier = spec.make_verifier()
-    with ResultsDB(spec.results_path) as db:
+    with ResultsDB(spec.results_path) as db, reusing_supervisors():
         def deliver(row: Row) -> None:
             db.record(row, by=spec.run)
             on_result(key_of(row), row["status"])
@@ -241,20 +242,21 @@ def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -
         db.record(row, by=spec.run)  # durable first: a kill between the two loses nothing
         conn.send(("row", key_of(row), row["status"]))
 
-    while True:
-        try:
-            unit = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if unit is None:
-            db.close()
-            return
-        try:
-            run_unit(verifier, spec, unit, slot.device, deliver)
-        except Exception:
-            conn.send(("fatal", traceback.format_exc(), None))
-            return
-        conn.send(("unit_done", None, None))
+    with reusing_supervisors():
+        while True:
+            try:
+                unit = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if unit is None:
+                db.close()
+                return
+            try:
+                run_unit(verifier, spec, unit, slot.device, deliver)
+            except Exception:
+                conn.send(("fatal", traceback.format_exc(), None))
+                return
+            conn.send(("unit_done", None, None))
 
 
 class _PoolWorker:
@@ -388,7 +390,8 @@ def _ray_unit(spec: RunSpec, unit: Unit) -> list[Row]:
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]  # Ray set CUDA_VISIBLE_DEVICES to these
     device = ", ".join(describe_gpu(i) for i in gpu_ids) if gpu_ids else describe_cpu()
     rows: list[Row] = []
-    run_unit(_VERIFIERS_IN_TASK[key], spec, unit, device, rows.append)
+    with reusing_supervisors():
+        run_unit(_VERIFIERS_IN_TASK[key], spec, unit, device, rows.append)
     return rows
 
 

@@ -213,13 +213,8 @@ def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
     high-water mark if larger. For a process that lives shorter than one interval it is a lower
     bound."""
     full_env = {**os.environ, **(env or {})}
+    tool = Supervised(argv, env=full_env, cwd=cwd, stdout=stdout_path, stderr=stderr_path)
     gpu = _GpuSampler()
-    try:
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            tool = Supervised(argv, env=full_env, cwd=cwd, stdout=out, stderr=err)
-    except BaseException:
-        gpu.close()
-        raise
     timed_out = killed = False
     peak_rss = 0.0
     peak_gpu = 0.0 if gpu.available else None
@@ -258,7 +253,6 @@ def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
         raise
     finally:
         gpu.close()
-        tool.close()
     return ProcessOutcome(returncode=tool.returncode, wall_time=tool.ended - tool.started,
                           peak_memory_mb=peak_rss, timed_out=timed_out, killed=killed,
                           peak_gpu_memory_mb=peak_gpu)
