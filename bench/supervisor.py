@@ -199,11 +199,15 @@ def sweep_cgroups(home: str) -> None:
         try:
             with open(os.path.join(path, "cgroup.procs")) as procs:
                 members = [int(pid) for pid in procs.read().split()]
+            with open(os.path.join(path, "cgroup.events")) as events:
+                populated = "populated 1" in events.read()
         except (OSError, ValueError):
             continue
-        if all(pid > 0 and start_ticks(pid) is not None for pid in members):
-            kill_cgroup(path)
-            remove_cgroup(path, patience=0.5)
+        if populated and not members or not all(pid > 0 and start_ticks(pid) is not None
+                                                for pid in members):
+            continue  # processes we cannot see: not ours to judge
+        kill_cgroup(path)
+        remove_cgroup(path, patience=0.5)
 
 
 # --------------------------------------------------------------------------- the supervisor
@@ -232,7 +236,7 @@ class _Supervisor:
         errors_read, errors_write = os.pipe()  # both close-on-exec: EOF once the tool execs
         started = time.monotonic()
         pid = os.fork()
-        if pid == 0:  # the child: only async-safe work here, we are single-threaded
+        if pid == 0:  # the child (we have no threads, so Python code is safe until exec)
             os.close(errors_read)
             _exec_tool(request, self.cgroup, errors_write)
         os.close(errors_write)

@@ -231,7 +231,7 @@ def test_run_process_environment_and_overhead(tmp_path):
     assert out.read_text() == "42\n"
     started = time.monotonic()
     outcome = run_process(["true"], timeout=5, stdout_path=out, stderr_path=err)
-    # exit is noticed at once (pidfd), not at the next sample
+    # exit is noticed at once (the supervisor reports it), not at the next sample
     assert time.monotonic() - started < 0.5 and outcome.wall_time < 0.5
 
 
@@ -252,7 +252,7 @@ def _no_leftover_children(no_leftover_children):
 
 
 def test_exit_and_timeout_without_pidfd(tmp_path, monkeypatch):
-    # Kernels before 5.3 have no pidfd: the harness falls back to polling with waitid.
+    # Kernels before 5.3 have no pidfd: the harness does not need one.
     def no_pidfd(pid):
         raise OSError("pidfd_open not supported")
 
@@ -365,28 +365,20 @@ def _kill_survivor(pid: int) -> None:
         pass
 
 
-def test_double_fork_into_a_new_session_dies_at_the_timeout(tmp_path, containment):
-    verifier = tool(tmp_path, DOUBLE_FORK + """
-    time.sleep(1000)
-    """)
-    record = run_instance(verifier, instance(tmp_path, timeout=1.0), tmp_path / "logs", grace=0.5)
+@pytest.mark.parametrize("ending, timeout, status", [
+    ("time.sleep(1000)", 1.0, "timeout"),  # killed at the timeout
+    ("open(result, 'w').write('unsat')", 10.0, "unsat"),  # answers at once after the fork
+], ids=["at-the-timeout", "right-after-an-answer"])
+def test_a_double_fork_into_a_new_session_dies_with_the_tool(tmp_path, containment, ending,
+                                                             timeout, status):
+    verifier = tool(tmp_path, DOUBLE_FORK + "\n    " + ending + "\n")
+    record = run_instance(verifier, instance(tmp_path, timeout=timeout), tmp_path / "logs",
+                          grace=0.5)
     pid = read_pid(Path(record.log_path) / "grandchild")
     survived = not gone(pid)
     _kill_survivor(pid)
-    assert record.status == "timeout"
-    assert not survived, "a double-forked process in a new session outlived the timeout"
-
-
-def test_double_fork_just_before_answering_dies_with_the_answer(tmp_path, containment):
-    verifier = tool(tmp_path, DOUBLE_FORK + """
-    open(result, "w").write("unsat\\n")
-    """)
-    record = run_instance(verifier, instance(tmp_path, timeout=10.0), tmp_path / "logs")
-    pid = read_pid(Path(record.log_path) / "grandchild")
-    survived = not gone(pid)
-    _kill_survivor(pid)
-    assert record.status == "unsat"
-    assert not survived, "a double-forked process outlived the tool's answer"
+    assert record.status == status
+    assert not survived, "a double-forked process in a new session outlived the tool"
 
 
 def test_a_tool_that_kills_its_supervisor_still_loses_its_children(tmp_path, containment):
