@@ -29,9 +29,10 @@ def plugin(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
-def bench_run(folder: Path, db: Path, ledger: Path, answer: str, log: Path) -> subprocess.Popen:
+def bench_run(folder: Path, db: Path, ledger: Path, answer: str, log: Path,
+              workers: int = 1) -> subprocess.Popen:
     argv = [sys.executable, "-m", "bench.cli", "run", "--instances", str(folder), "--verifier",
-            "fake-answer", "--results", str(db), "--quiet"]
+            "fake-answer", "--results", str(db), "--quiet", "--workers", str(workers)]
     env = {**os.environ, **fv.plugin_env(ledger), "FAKE_ANSWER": answer}
     with open(log, "wb") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -44,14 +45,15 @@ def answers(ledger: Path) -> list[tuple[str, str, str]]:
             if fields[0].startswith("answer=")]
 
 
-def test_two_runs_side_by_side_never_take_each_others_answers(tmp_path):
+@pytest.mark.parametrize("workers", [(1, 1), (1, 2)], ids=["serial-serial", "serial-pool"])
+def test_two_runs_side_by_side_never_take_each_others_answers(tmp_path, workers):
     """A tool that only says `unknown` and one that only says `unsat`, started at the same time
     on the same database: each row is the answer of the tool that ran for it, and each
     instance ran once."""
     folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 0.0)] * COUNT)
     db, ledger = tmp_path / "results.db", tmp_path / "ledger.txt"
-    runs = {answer: bench_run(folder, db, ledger, answer, tmp_path / f"{answer}.log")
-            for answer in ("unknown", "unsat")}
+    runs = {answer: bench_run(folder, db, ledger, answer, tmp_path / f"{answer}.log", count)
+            for answer, count in zip(("unknown", "unsat"), workers)}
     for answer, process in runs.items():
         assert process.wait(300) == 0, (tmp_path / f"{answer}.log").read_text()
     for answer in runs:
