@@ -55,7 +55,7 @@ import threading
 import time
 
 _PR_SET_CHILD_SUBREAPER = 36
-STARTUP_TIMEOUT = 60.0  # seconds for a supervisor to start the tool (the first time, a fresh Python)
+STARTUP_TIMEOUT = 60.0  # seconds for a supervisor to start a tool (the first time: a fresh Python)
 KILL_PATIENCE = 10.0  # seconds the supervisor keeps killing before it gives up on a process
 CGROUP_ENV = "PRUNE_BENCH_CGROUP"  # "off": never use a cgroup, even where one could be made
 _CGROUP_PREFIX = "prune-bench-"

@@ -174,3 +174,30 @@ def test_compressed_instance_files_are_inflated_and_broken_ones_never_reach_the_
     assert len(started) == 1 and started[0].endswith("-prop_0_000.vnnlib")  # the plain copy
     # (the broken one never reached the tool)
     assert list((tmp_path / "r_cache").rglob("*prop_0_000.vnnlib"))  # beside the logs
+
+
+def test_a_database_that_fails_mid_run_is_one_line_and_keeps_the_earlier_rows(tmp_path,
+                                                                             monkeypatch):
+    import sqlite3
+
+    import fake_verifier as fv
+
+    for name, value in fv.plugin_env().items():
+        monkeypatch.setenv(name, value)
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 0.0)] * 3)
+    results = tmp_path / "r.db"
+    real_record = ResultsDB.record
+    written = []
+
+    def record_until_full(self, result, **kwargs):
+        if len(written) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_record(self, result, **kwargs)
+        written.append(result)
+
+    monkeypatch.setattr(ResultsDB, "record", record_until_full)
+    with pytest.raises(BenchError) as info:
+        run_benchmarks([folder], fv.NAME, results, progress=False)
+    assert str(results) in str(info.value) and "disk is full" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert len(ResultsDB(results).rows()) == 1

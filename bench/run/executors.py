@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -44,12 +45,13 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from bench.errors import BenchError
 from bench.formats.folder import FileProblem, Instance, materialize
 from bench.parallel import (Slot, default_window, describe_cpu, describe_gpu, enter_worker,
                             import_ray, ray_connect)
 from bench.run import claims
 from bench.run.claims import RunIdentity
-from bench.run.results import ResultsDB, is_decided_row
+from bench.run.results import ResultsDB, database_error, is_decided_row
 from bench.supervisor import reusing_supervisors
 from bench.verifiers import VERIFIERS, Status, Verifier
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
@@ -118,9 +120,19 @@ def claim_unit(db: ResultsDB, spec: RunSpec, unit: Unit, on_result: OnResult) ->
 # --------------------------------------------------------------------------- one unit
 
 
-class _DeliveryFailed(Exception):
+class DeliveryFailed(Exception):
     """Writing or reporting a finished row failed: not the verifier's fault, never an error
     row, always fatal."""
+
+
+def database_failure(results_path: Path, err: BaseException) -> BenchError | None:
+    """The one-line error for a results database that failed under a run (a full disk, a file
+    damaged by another program), if that is what ``err`` (or what it wraps) is; the rows
+    written before stay."""
+    cause = err.__cause__ if isinstance(err, DeliveryFailed) else err
+    if isinstance(cause, sqlite3.Error):
+        return database_error(results_path, cause)
+    return None
 
 
 def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
@@ -132,7 +144,7 @@ def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
         try:
             deliver(make_row(spec, record, device))
         except Exception as err:
-            raise _DeliveryFailed(f"{type(err).__name__}: {err}") from err
+            raise DeliveryFailed(f"{type(err).__name__}: {err}") from err
 
     unit = _ready_files(spec, unit, finish)
     if spec.batch and len(unit) > 1:
@@ -144,7 +156,7 @@ def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
 
         try:
             run_batch(verifier, list(unit), spec.log_dir, on_record=on_record)
-        except _DeliveryFailed:
+        except DeliveryFailed:
             raise
         except Exception as err:
             for instance in unit:
@@ -229,7 +241,7 @@ class WorkerFailed(RuntimeError):
 def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -> None:
     """A pool worker: receives units until it receives None; writes each row, then reports it.
     Messages are ``(kind, payload, status)``: ("row", key, status), ("unit_done", None, None),
-    ("fatal", traceback, None)."""
+    ("fatal", traceback, None), ("user_error", one-line message, None)."""
     enter_worker(parent_pid, slot, signal.SIGTERM)
     try:
         verifier = spec.make_verifier()
@@ -253,8 +265,10 @@ def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -
                 return
             try:
                 run_unit(verifier, spec, unit, slot.device, deliver)
-            except Exception:
-                conn.send(("fatal", traceback.format_exc(), None))
+            except Exception as err:
+                problem = database_failure(spec.results_path, err)
+                conn.send(("user_error", str(problem), None) if problem else
+                          ("fatal", traceback.format_exc(), None))
                 return
             conn.send(("unit_done", None, None))
 
@@ -357,6 +371,8 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
                 try:
                     while worker.conn.poll():
                         kind, payload, status = worker.conn.recv()
+                        if kind == "user_error":
+                            raise BenchError(payload)
                         if kind == "fatal":
                             raise WorkerFailed(f"worker {worker.number} failed:\n{payload}")
                         if kind == "row":

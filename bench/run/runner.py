@@ -51,7 +51,7 @@ from bench.errors import BenchError
 from bench.formats.folder import Instance, read_instances
 from bench.formats.rules import parse_timeout
 from bench.run.claims import RunIdentity, holding_claims
-from bench.run.results import ResultsDB, database_error, params_hash, params_json
+from bench.run.results import ResultsDB, params_hash, params_json
 from bench.shards import Shard
 from bench.progress import Progress
 from bench.parallel import exit_on_signal, make_slots
@@ -214,10 +214,11 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
                          ray_address)
         finally:
             bar.close()
-    except sqlite3.Error as err:
-        # The database failed under us (the disk, another program): the rows written so far
-        # are kept; say so in one line.
-        raise database_error(results_path, err) from None
+    except (sqlite3.Error, executors.DeliveryFailed) as err:
+        problem = executors.database_failure(results_path, err)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         summary.counts = dict(counts)
         summary.seconds = time.monotonic() - started
