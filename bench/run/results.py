@@ -71,8 +71,9 @@ RECORD_COLUMNS: dict[str, str] = {
     "log_path": "TEXT",
     "started_at": "TEXT",
     "host": "TEXT",
-    "benchmark_hash": "TEXT",
     "decided_by": "TEXT",
+    "startup_time": "REAL",
+    "benchmark_hash": "TEXT",
 }
 assert list(RECORD_COLUMNS) == [f.name for f in dataclasses.fields(RunRecord)], "keep in step"
 # ... and what the runner adds: which code, configuration and device produced the row.

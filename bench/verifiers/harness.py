@@ -72,10 +72,14 @@ class RunRecord:
     log_path: str | None
     started_at: str  # ISO 8601, UTC
     host: str
-    benchmark_hash: str = ""  # the benchmark's content hash (Instance.benchmark_hash); "": unknown
-    # The stage that decided the instance, where the verifier reports one (a cascade's clean
-    # check, attack or bounds, or alpha-beta-CROWN's own stages); None: the verifier as a whole.
+    # Which stage of the tool decided (e.g. alpha-beta-CROWN's attack, incomplete, bab), where
+    # the tool says so.
     decided_by: str | None = None
+    # The part of ``wall_time`` that the tool spent outside its own clock: interpreter start,
+    # imports, model loading (its start-up). In batch mode the first instance of each process
+    # pays it, as every instance does in one-process-per-instance mode. None where unknown.
+    startup_time: float | None = None
+    benchmark_hash: str = ""  # the benchmark's content hash (Instance.benchmark_hash); "": unknown
 
     def to_dict(self) -> dict:
         return asdict(self)
