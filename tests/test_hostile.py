@@ -19,6 +19,8 @@ from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.formats.folder import read_instances
 
+import fake_verifier as fv  # registers the fake-sleep verifier
+
 
 # --- instances.csv ----------------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ ACCEPTED = {"zero-length": WRITERS, "odd-status": WRITERS, "odd-number": WRITERS
 
 def _commands(hostile: Path, good: Path, folder: Path, tmp_path: Path) -> dict:
     return {
-        "run": ["run", "--instances", str(folder), "--verifier", "marabou", "--results",
+        "run": ["run", "--instances", str(folder), "--verifier", fv.NAME, "--results",
                 str(hostile), "--quiet"],
         "merge-into": ["merge", str(good), "--into", str(hostile)],
         "merge-source": ["merge", str(hostile), "--into", str(tmp_path / "merged.db")],
@@ -245,8 +247,7 @@ def _commands(hostile: Path, good: Path, folder: Path, tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("kind", DATABASES)
 @pytest.mark.parametrize("command", ["run", "merge-into", "merge-source", "results-show"])
-def test_hostile_results_databases_get_one_line(folder, tmp_path, monkeypatch, kind, command):
-    monkeypatch.setattr("bench.verifiers.marabou.find_executable", lambda: None)  # no tool runs
+def test_hostile_results_databases_get_one_line(folder, tmp_path, kind, command):
     (folder / "instances.csv").write_text("onnx/net.onnx,vnnlib/prop.vnnlib,60\n")
     good = _good_database(tmp_path / "good.db")
     hostile = tmp_path / f"{kind}.db"

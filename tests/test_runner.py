@@ -135,7 +135,7 @@ def test_bench_run_refuses_a_timeout_that_disables_the_hard_limit(benchmark, tmp
     assert len(lines) == 1 and lines[0].startswith("error: --timeout: "), result.output
     assert not (tmp_path / "r.db").exists()  # refused before anything was created
     with pytest.raises(BenchError, match="--timeout: timeout "):
-        run_benchmarks([benchmark], "marabou", tmp_path / "r.db", timeout=float(value)
+        run_benchmarks([benchmark], "milp", tmp_path / "r.db", timeout=float(value)
                        if value != "soon" else value, progress=False)
 
 
