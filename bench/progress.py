@@ -67,6 +67,13 @@ class Progress:
         elif self.enabled and time.monotonic() - self._last_line >= self.interval:
             self._print_line()
 
+    def skip(self) -> None:
+        """One more item done without being run here (another process did it)."""
+        self.skipped += 1
+        if self.tty:
+            self._bar.set_postfix(self._postfix(), refresh=False)
+            self._bar.update(1)
+
     def _print_line(self) -> None:
         print(self.line(), file=self.stream, flush=True)
         self._last_line = time.monotonic()

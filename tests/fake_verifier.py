@@ -8,7 +8,14 @@ Its tool is a tiny Python script that reads what to do from comments in the VNN-
 (``; fake-status: unsat`` and ``; fake-delay: 0.5``), sleeps, and writes the status. Every start
 and finish is appended to a ledger file (``FAKE_VERIFIER_LEDGER``), so a test can tell exactly
 which instances a run started, and how often. The files named .onnx are not models: nothing
-reads them (no ``sat`` answers, so no counterexample check).
+reads them (no ``sat`` answers, so no counterexample check). With ``; fake-child: 1`` the tool
+first starts a child process that sleeps for ten minutes (ledger event ``child``, its pid), as a
+tool whose own helper process must not outlive it.
+
+A second verifier, ``fake-answer``, gives every instance the answer in the environment variable
+``FAKE_ANSWER`` (default ``unknown``): it writes it into its result file at once, notes it in the
+ledger (event ``answer=<status>``, with the folder it was given), then lingers ``linger`` seconds
+(a tool that tidies up before it exits), so that two runs side by side overlap.
 """
 from __future__ import annotations
 
@@ -40,6 +47,12 @@ def note(event):
             handle.write(f"{event} {os.path.basename(vnnlib)} {os.getpid()} {time.time():.3f}\n")
 
 note("start")
+if spec.get("child") == "1":
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-S", "-c", "import time; time.sleep(600)"])
+    if ledger:
+        with open(ledger, "a") as handle:
+            handle.write(f"child {os.path.basename(vnnlib)} {child.pid} {time.time():.3f}\n")
 time.sleep(float(spec.get("delay", "0")))
 with open(result, "w") as handle:
     handle.write(spec.get("status", "unsat") + "\n" + os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
@@ -81,10 +94,37 @@ class FakeSleep(Verifier):
         return Verdict(Status(status.strip()), reason=f"cuda={cuda.strip()}")
 
 
+ANSWER_TOOL = r"""
+import os, sys, time
+result, linger, vnnlib = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+answer = os.environ.get("FAKE_ANSWER", "unknown")
+with open(result, "w") as handle:
+    handle.write(answer + "\n")
+ledger = os.environ.get("FAKE_VERIFIER_LEDGER")
+if ledger:
+    with open(ledger, "a") as handle:
+        handle.write(f"answer={answer} {os.path.basename(vnnlib)} {os.getpid()} {time.time():.3f} "
+                     f"{os.path.dirname(result)}\n")
+time.sleep(linger)
+"""
+
+
+@VERIFIERS.register("fake-answer")
+class FakeAnswer(FakeSleep):
+    name = "fake-answer"
+    parameters = {"gpu": False, "linger": 1.0}
+
+    def command(self, instance: Instance, workdir: Path) -> Command:
+        return Command([sys.executable, "-S", "-c", ANSWER_TOOL, str(workdir / "result.txt"),
+                        str(self.params["linger"]), str(instance.vnnlib_path)], cwd=workdir)
+
+
 def make_benchmark(folder: Path, specs: list[tuple[str, float]], timeout: float = 30.0,
-                   models: int = 1, kill_worker: tuple[int, ...] = ()) -> Path:
+                   models: int = 1, kill_worker: tuple[int, ...] = (),
+                   child: tuple[int, ...] = ()) -> Path:
     """A benchmark folder with one instance per (status, delay) of ``specs`` and model; the
-    instances whose index is in ``kill_worker`` SIGKILL the worker that starts them."""
+    instances whose index is in ``kill_worker`` SIGKILL the worker that starts them, those in
+    ``child`` start a child process first."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in range(models):
@@ -92,6 +132,7 @@ def make_benchmark(folder: Path, specs: list[tuple[str, float]], timeout: float 
         for index, (status, delay) in enumerate(specs):
             name = f"prop_{model}_{index:03d}.vnnlib"
             kill = "; fake-kill-worker: 1\n" if index in kill_worker else ""
+            kill += "; fake-child: 1\n" if index in child else ""
             (folder / name).write_text(f"; fake-status: {status}\n; fake-delay: {delay}\n{kill}")
             rows.append(f"net{model}.onnx,{name},{timeout:g}")
     (folder / "instances.csv").write_text("\n".join(rows) + "\n")

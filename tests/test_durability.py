@@ -301,3 +301,63 @@ def test_concurrent_writers_and_a_merge_keep_the_database_consistent(tmp_path):
     conn = sqlite3.connect(target)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --------------------------------------------------------------------------- tools' own children
+
+
+def _ledger_pids(ledger: Path, event: str, vnnlib: str | None = None) -> list[int]:
+    """The pids of the ledger's ``event`` lines (of instance ``vnnlib`` only, if given)."""
+    lines = [line.split() for line in ledger.read_text().splitlines()] if ledger.exists() else []
+    return [int(fields[2]) for fields in lines
+            if fields[0] == event and vnnlib in (None, fields[1])]
+
+
+def _all_gone(pids: list[int], what: str) -> None:
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, f"{what} outlived the kill: {alive}"
+
+
+def test_sigkill_of_a_serial_run_takes_the_tools_children_along(tmp_path):
+    """PR_SET_PDEATHSIG reached only the tool's own process; its child (started by the tool,
+    in the tool's group) kept running after `kill -9` of `bench run --workers 1`."""
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 60.0)] * 2, child=(0, 1))
+    db, ledger, log = tmp_path / "results.db", tmp_path / "ledger.txt", tmp_path / "log.txt"
+    argv = [sys.executable, "-m", "bench.cli", "run", "--instances", str(folder), "--verifier",
+            fv.NAME, "--results", str(db), "--quiet", "--workers", "1"]
+    process = start(argv, fv.plugin_env(ledger), log)
+    wait_for(lambda: bool(_ledger_pids(ledger, "child")), process, log=log)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _all_gone(_ledger_pids(ledger, "start"), "the tool")
+    _all_gone(_ledger_pids(ledger, "child"), "the tool's child")
+
+
+def test_sigkill_of_one_pool_worker_takes_its_tools_children_along(tmp_path):
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 60.0)] + [("unsat", 0.1)] * 3,
+                               child=(0,))
+    db, ledger, log = tmp_path / "results.db", tmp_path / "ledger.txt", tmp_path / "log.txt"
+    process = start(run_command(folder, db, workers=2), fv.plugin_env(ledger), log)
+    try:
+        wait_for(lambda: bool(_ledger_pids(ledger, "child")), process, log=log)
+        (tool_pid,) = _ledger_pids(ledger, "start", "prop_0_000.vnnlib")
+        worker = next(p for p in psutil.Process(tool_pid).parents() if _is_worker(p))
+        worker.kill()
+        _all_gone([tool_pid], "the tool")
+        _all_gone(_ledger_pids(ledger, "child"), "the tool's child")
+        assert process.wait(120) == 0, log.read_text()  # the run goes on without that worker
+    finally:
+        if process.poll() is None:
+            sigkill(process)
+    rows = db_rows(db)
+    assert len(rows) == 4 and rows[("net0.onnx", "prop_0_000.vnnlib")]["status"] == "error"
+    assert "worker process died" in rows[("net0.onnx", "prop_0_000.vnnlib")]["reason"]

@@ -231,7 +231,7 @@ def test_run_process_environment_and_overhead(tmp_path):
     assert out.read_text() == "42\n"
     started = time.monotonic()
     outcome = run_process(["true"], timeout=5, stdout_path=out, stderr_path=err)
-    # exit is noticed at once (pidfd), not at the next sample
+    # exit is noticed at once (the supervisor reports it), not at the next sample
     assert time.monotonic() - started < 0.5 and outcome.wall_time < 0.5
 
 
@@ -252,7 +252,7 @@ def _no_leftover_children(no_leftover_children):
 
 
 def test_exit_and_timeout_without_pidfd(tmp_path, monkeypatch):
-    # Kernels before 5.3 have no pidfd: the harness falls back to polling with waitid.
+    # Kernels before 5.3 have no pidfd: the harness does not need one.
     def no_pidfd(pid):
         raise OSError("pidfd_open not supported")
 
@@ -317,10 +317,156 @@ def test_tool_dies_when_the_harness_is_killed(tmp_path):
     deadline = time.monotonic() + 20
     tool = []
     while not tool and time.monotonic() < deadline:
-        tool = [p for p in psutil.Process(harness.pid).children() if p.name() == "sleep"]
+        tool = [p for p in psutil.Process(harness.pid).children(recursive=True)
+                if p.name() == "sleep"]
         time.sleep(0.05)
     assert tool, "the tool did not start"
     harness.kill()
     harness.wait()
     gone, alive = psutil.wait_procs(tool, timeout=5)
     assert not alive
+
+
+# --------------------------------------------------------------------------- escaping processes
+
+DOUBLE_FORK = """
+    if os.fork() == 0:
+        os.setsid()  # a new session: out of the tool's process group
+        if os.fork() == 0:
+            open("grandchild.tmp", "w").write(str(os.getpid()))
+            os.rename("grandchild.tmp", "grandchild")
+            time.sleep(1000)
+        os._exit(0)  # the grandchild is orphaned at once, before any sample could see it
+    os.wait()
+    while not os.path.exists("grandchild"):
+        time.sleep(0.01)
+"""
+
+
+@pytest.fixture(params=["subreaper", "cgroup"])
+def containment(request, monkeypatch):
+    """Each escape test runs with the supervisor alone (a subreaper) and, where this machine
+    lets us make cgroups, with a cgroup per tool as well."""
+    from bench import supervisor
+
+    if request.param == "cgroup":
+        if supervisor.cgroup_home() is None:
+            pytest.skip("no writable cgroup v2 hierarchy here")
+    else:
+        monkeypatch.setattr(supervisor, "_HOME", "")  # as if there were no usable cgroup
+    return request.param
+
+
+def _kill_survivor(pid: int) -> None:
+    """Do not leave a test's escapee running when the assertion fails."""
+    try:
+        psutil.Process(pid).kill()
+    except psutil.Error:
+        pass
+
+
+@pytest.mark.parametrize("ending, timeout, status", [
+    ("time.sleep(1000)", 1.0, "timeout"),  # killed at the timeout
+    ("open(result, 'w').write('unsat')", 10.0, "unsat"),  # answers at once after the fork
+], ids=["at-the-timeout", "right-after-an-answer"])
+def test_a_double_fork_into_a_new_session_dies_with_the_tool(tmp_path, containment, ending,
+                                                             timeout, status):
+    verifier = tool(tmp_path, DOUBLE_FORK + "\n    " + ending + "\n")
+    record = run_instance(verifier, instance(tmp_path, timeout=timeout), tmp_path / "logs",
+                          grace=0.5)
+    pid = read_pid(Path(record.log_path) / "grandchild")
+    survived = not gone(pid)
+    _kill_survivor(pid)
+    assert record.status == status
+    assert not survived, "a double-forked process in a new session outlived the tool"
+
+
+def test_a_tool_that_kills_its_supervisor_still_loses_its_children(tmp_path, containment):
+    from bench.supervisor import SupervisorLost
+
+    verifier = tool(tmp_path, """
+    open("pid", "w").write(str(os.getpid()))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"],
+                             start_new_session=True)
+    open("child", "w").write(str(child.pid))
+    time.sleep(0.5)  # without a cgroup, the harness must have seen it once
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(1000)
+    """)
+    with pytest.raises(SupervisorLost):
+        run_instance(verifier, instance(tmp_path, timeout=30.0), tmp_path / "logs")
+    (folder,) = [p.parent for p in (tmp_path / "logs").rglob("child")]
+    for name in ("child", "pid"):
+        pid = read_pid(folder / name)
+        survived = not gone(pid)
+        _kill_survivor(pid)
+        assert not survived, f"{name} outlived its killed supervisor"
+
+
+def test_each_attempt_has_its_own_folder(tmp_path):
+    verifier = tool(tmp_path, """
+    open(result, "w").write("unsat\\n")
+    """)
+    first = run_instance(verifier, instance(tmp_path), tmp_path / "logs")
+    second = run_instance(verifier, instance(tmp_path), tmp_path / "logs")
+    assert first.log_path != second.log_path
+    assert Path(first.log_path).parent == Path(second.log_path).parent
+    assert (Path(first.log_path) / "result.txt").is_file()  # an earlier attempt is kept
+
+
+def test_the_record_carries_the_benchmark_hash_and_the_deciding_stage(tmp_path):
+    class Staged(FakeTool):
+        def parse(self, instance, workdir, stdout, stderr, returncode):
+            verdict = super().parse(instance, workdir, stdout, stderr, returncode)
+            verdict.decided_by = "attack"  # as a cascade's verdict will say
+            return verdict
+
+    script = tmp_path / "tool.py"
+    script.write_text("import sys\nopen(sys.argv[1], 'w').write('unsat\\n')\n")
+    hashed = Instance(benchmark="fake", root=tmp_path, onnx="net.onnx", vnnlib="prop.vnnlib",
+                      timeout=10.0, benchmark_hash="abc123")
+    record = run_instance(Staged(script=str(script)), hashed, tmp_path / "logs")
+    assert record.status == "unsat"
+    assert record.benchmark_hash == "abc123" and record.decided_by == "attack"
+    plain = run_instance(FakeTool(script=str(script)), hashed, tmp_path / "logs")
+    assert plain.decided_by is None
+
+
+def test_a_cgroup_left_by_a_killed_supervisor_is_swept(tmp_path):
+    """Were the harness and its supervisor killed together, the tool's processes would stay in
+    their cgroup: the next run's first look at the hierarchy kills them."""
+    from bench import supervisor
+
+    home = supervisor.cgroup_home()
+    if home is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    gone_pid = psutil.Popen(["true"])
+    gone_pid.wait()
+    stale = Path(home) / f"prune-bench-{gone_pid.pid}-1-1"
+    stale.mkdir()
+    leftover = psutil.Popen(["sleep", "100"])
+    try:
+        (stale / "cgroup.procs").write_text(str(leftover.pid))
+        supervisor.sweep_cgroups(home)
+        assert leftover.wait(5) == -9 and not stale.exists()
+    finally:
+        if leftover.is_running():
+            leftover.kill()
+        supervisor.remove_cgroup(str(stale), patience=0)
+
+
+def test_a_runner_keeps_one_supervisor_for_all_its_tools(tmp_path):
+    from bench.supervisor import reusing_supervisors
+
+    out, err = tmp_path / "out", tmp_path / "err"
+    supervisors = []
+    with reusing_supervisors():
+        for _ in range(3):
+            run_process([sys.executable, "-c", "import os; print(os.getppid())"], timeout=5,
+                        stdout_path=out, stderr_path=err)
+            supervisors.append(int(out.read_text()))
+        assert len(set(supervisors)) == 1
+        supervisor = psutil.Process(supervisors[0])
+    _, alive = psutil.wait_procs([supervisor], timeout=5)
+    assert not alive  # ended with the block
+    run_process(["true"], timeout=5, stdout_path=out, stderr_path=err)  # one of its own, ended

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from bench.config import make_config
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.formats.folder import read_instances
+
+import fake_verifier as fv  # registers the fake-sleep verifier
 
 
 # --- instances.csv ----------------------------------------------------------------------------
@@ -158,3 +161,123 @@ def test_pipeline_never_runs_a_planted_level_checkpoint(tmp_path):
     assert isinstance(info.value, BenchError)
     assert "model.pt" in str(info.value) and "\n" not in str(info.value)
     shutil.rmtree(tmp_path / "runs")
+
+
+# --- results databases ------------------------------------------------------------------------
+
+def _good_database(path: Path, rows: int = 300) -> Path:
+    """A real results database, several pages long, in rollback mode so it is one file."""
+    from bench.run.results import ResultsDB
+    from bench.verifiers.harness import RunRecord
+
+    with ResultsDB(path) as db, db.transaction():
+        for i in range(rows):
+            db.record(RunRecord(
+                benchmark="b", root="/b", onnx="net.onnx", vnnlib=f"p{i:04d}.vnnlib",
+                verifier="v", verifier_version="1", timeout=60.0, status="unsat",
+                reason="x" * 200, wall_time=1.0, verifier_time=None, peak_memory_mb=1.0,
+                peak_gpu_memory_mb=None, cex_check=None, cex_detail="", log_path=None,
+                started_at="2025-01-01T00:00:00+00:00", host="h"))
+    with ResultsDB(path) as db:
+        db.conn.execute("PRAGMA journal_mode = DELETE")
+    return path
+
+
+def _sqlite(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def _make_database(kind: str, path: Path, good: Path) -> None:
+    if kind == "random-bytes":
+        path.write_bytes(os.urandom(8192))
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "zero-length":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "foreign-schema":
+        _sqlite(path, "CREATE TABLE people (name TEXT, age INTEGER)",
+                "INSERT INTO people VALUES ('ada', 36)")
+    elif kind == "results-without-key-columns":
+        _sqlite(path, "CREATE TABLE results (a TEXT, b INTEGER)")
+    elif kind == "results-without-unique-key":
+        _sqlite(path, "CREATE TABLE results (benchmark TEXT, onnx TEXT, vnnlib TEXT, "
+                      "verifier TEXT, status TEXT)",
+                "INSERT INTO results VALUES ('b', 'n.onnx', 'p.vnnlib', 'v', 'unsat')",
+                "INSERT INTO results VALUES ('b', 'n.onnx', 'p.vnnlib', 'v', 'sat')")
+    elif kind == "results-with-a-required-column":
+        _sqlite(path, "CREATE TABLE results (benchmark TEXT, onnx TEXT, vnnlib TEXT, "
+                      "verifier TEXT, status TEXT, owner TEXT NOT NULL, "
+                      "UNIQUE (benchmark, onnx, vnnlib, verifier))")
+    elif kind == "odd-status":
+        shutil.copy(good, path)
+        _sqlite(path, "UPDATE results SET status = 'probably' WHERE id = 3")
+    elif kind == "odd-number":
+        shutil.copy(good, path)
+        _sqlite(path, "UPDATE results SET wall_time = 'fast' WHERE id = 3")
+    else:
+        raise AssertionError(kind)
+
+
+DATABASES = ["random-bytes", "truncated", "zero-length", "directory", "foreign-schema",
+             "results-without-key-columns", "results-without-unique-key",
+             "results-with-a-required-column", "odd-status", "odd-number"]
+WRITERS, READERS = ("run", "merge-into"), ("merge-source", "results-show", "read_rows")
+# Where a database is fine. A writer (`bench run --results`, `bench merge --into`) takes an empty
+# file as a new database; rows are judged where they are read, not where rows are added; a
+# column that only writing would have to fill does not matter to a reader.
+ACCEPTED = {"zero-length": WRITERS, "odd-status": WRITERS, "odd-number": WRITERS,
+            "results-with-a-required-column": READERS}
+
+
+def _commands(hostile: Path, good: Path, folder: Path, tmp_path: Path) -> dict:
+    return {
+        "run": ["run", "--instances", str(folder), "--verifier", fv.NAME, "--results",
+                str(hostile), "--quiet"],
+        "merge-into": ["merge", str(good), "--into", str(hostile)],
+        "merge-source": ["merge", str(hostile), "--into", str(tmp_path / "merged.db")],
+        "results-show": ["results", "show", "--results", str(hostile)],
+    }
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+@pytest.mark.parametrize("command", ["run", "merge-into", "merge-source", "results-show"])
+def test_hostile_results_databases_get_one_line(folder, tmp_path, kind, command):
+    (folder / "instances.csv").write_text("onnx/net.onnx,vnnlib/prop.vnnlib,60\n")
+    good = _good_database(tmp_path / "good.db")
+    hostile = tmp_path / f"{kind}.db"
+    _make_database(kind, hostile, good)
+    before = hostile.read_bytes() if hostile.is_file() else None
+    result = CliRunner().invoke(main, _commands(hostile, good, folder, tmp_path)[command])
+    assert not isinstance(result.exception, Exception), (result.output, repr(result.exception))
+    if command in ACCEPTED.get(kind, ()):
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert str(hostile) in lines[0]
+    if before is not None:
+        assert hostile.read_bytes() == before  # refused before anything was written into it
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_read_rows_refuses_hostile_databases(tmp_path, kind):
+    from bench.run.results import read_rows
+
+    good = _good_database(tmp_path / "good.db")
+    assert len(read_rows(good)) == 300
+    hostile = tmp_path / f"{kind}.db"
+    _make_database(kind, hostile, good)
+    if "read_rows" in ACCEPTED.get(kind, ()):
+        assert read_rows(hostile) == []
+        return
+    with pytest.raises(BenchError) as info:
+        read_rows(hostile)
+    message = str(info.value)
+    assert str(hostile) in message and "\n" not in message

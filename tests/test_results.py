@@ -104,6 +104,14 @@ def test_older_database_gains_new_columns(tmp_path):
     conn.commit()
     conn.close()
     db = ResultsDB(path)
-    assert db.get("bench", "onnx/a.onnx", "vnnlib/p0.vnnlib", "marabou")["peak_memory_mb"] is None
-    db.record(record(vnnlib="vnnlib/p1.vnnlib"))
+    old = db.get("bench", "onnx/a.onnx", "vnnlib/p0.vnnlib", "marabou")
+    assert old["peak_memory_mb"] is None
+    assert old["benchmark_hash"] is None and old["decided_by"] is None
+    db.record(record(vnnlib="vnnlib/p1.vnnlib", benchmark_hash="abc", decided_by="bounds"))
     assert len(db.rows()) == 2
+    new = db.get("bench", "onnx/a.onnx", "vnnlib/p1.vnnlib", "marabou")
+    assert new["benchmark_hash"] == "abc" and new["decided_by"] == "bounds"
+    from bench.run.results import read_rows, show
+
+    assert {row["decided_by"] for row in read_rows(path)} == {None, "bounds"}
+    assert "marabou" in show(path)

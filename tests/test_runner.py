@@ -120,3 +120,84 @@ def test_summary_text():
     assert str(summary) == ("marabou: 5 run (sat 1, unsat 4), 2 skipped (already decided); "
                             "results in r.db, logs in r_logs\nmarabou is not installed: "
                             "pip install it")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-1", "0", "soon", "1e9"])
+def test_bench_run_refuses_a_timeout_that_disables_the_hard_limit(benchmark, tmp_path, value):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--instances", str(benchmark), "--results",
+                                       str(tmp_path / "r.db"), "--timeout", value, "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --timeout: "), result.output
+    assert not (tmp_path / "r.db").exists()  # refused before anything was created
+    with pytest.raises(BenchError, match="--timeout: timeout "):
+        run_benchmarks([benchmark], "milp", tmp_path / "r.db", timeout=float(value)
+                       if value != "soon" else value, progress=False)
+
+
+def test_milp_is_the_default_verifier():
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output
+    assert "[default: milp]" in " ".join(help_text.split())
+
+
+def test_compressed_instance_files_are_inflated_and_broken_ones_never_reach_the_tool(
+        tmp_path, monkeypatch):
+    import gzip
+
+    import fake_verifier as fv
+
+    ledger = tmp_path / "ledger.txt"
+    for name, value in fv.plugin_env(ledger).items():
+        monkeypatch.setenv(name, value)
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 0.0), ("unknown", 0.0)])
+    good, broken = folder / "prop_0_000.vnnlib", folder / "prop_0_001.vnnlib"
+    good.with_name(good.name + ".gz").write_bytes(gzip.compress(good.read_bytes()))
+    broken.with_name(broken.name + ".gz").write_bytes(gzip.compress(broken.read_bytes())[:20])
+    good.unlink()
+    broken.unlink()
+    (folder / "instances.csv").write_text("net0.onnx,prop_0_000.vnnlib.gz,30\n"
+                                          "net0.onnx,prop_0_001.vnnlib.gz,30\n")
+    summary = run_benchmarks([folder], fv.NAME, tmp_path / "r.db", progress=False)
+    assert summary.counts == {"unsat": 1, "error": 1}
+    rows = {row["vnnlib"]: row for row in ResultsDB(tmp_path / "r.db").rows()}
+    assert rows["prop_0_000.vnnlib.gz"]["status"] == "unsat"  # the tool read the plain copy
+    assert rows["prop_0_001.vnnlib.gz"]["reason"].startswith("cannot use the instance's files")
+    started = [name for event, name in fv.read_ledger(ledger) if event == "start"]
+    assert len(started) == 1 and started[0].endswith("-prop_0_000.vnnlib")  # the plain copy
+    # (the broken one never reached the tool)
+    assert list((tmp_path / "r_cache").rglob("*prop_0_000.vnnlib"))  # beside the logs
+
+
+def test_a_database_that_fails_mid_run_is_one_line_and_keeps_the_earlier_rows(tmp_path,
+                                                                             monkeypatch):
+    import sqlite3
+
+    import fake_verifier as fv
+
+    for name, value in fv.plugin_env().items():
+        monkeypatch.setenv(name, value)
+    folder = fv.make_benchmark(tmp_path / "bench", [("unsat", 0.0)] * 3)
+    results = tmp_path / "r.db"
+    real_record = ResultsDB.record
+    written = []
+
+    def record_until_full(self, result, **kwargs):
+        if len(written) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_record(self, result, **kwargs)
+        written.append(result)
+
+    monkeypatch.setattr(ResultsDB, "record", record_until_full)
+    with pytest.raises(BenchError) as info:
+        run_benchmarks([folder], fv.NAME, results, progress=False)
+    assert str(results) in str(info.value) and "disk is full" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert len(ResultsDB(results).rows()) == 1

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import click
 
-from bench.errors import BenchError
 
 from bench.cli.options import execution_options, verifier_options
 
@@ -14,14 +13,15 @@ from bench.cli.options import execution_options, verifier_options
 @click.option("--instances", "instances_dir", default="instances", show_default=True,
               type=click.Path(file_okay=False),
               help="A benchmark folder, or a folder of benchmark folders.")
-@click.option("--verifier", default="marabou", show_default=True,
+@click.option("--verifier", default="milp", show_default=True,
               help="Verifier name (see `bench verifiers`).")
 @click.option("--verifier-option", "verifier_options", multiple=True, metavar="KEY=VALUE",
               callback=verifier_options,
               help="A verifier parameter, e.g. home=/opt/abcrown or batch=true; repeatable.")
-@click.option("--timeout", type=float, help="Override every instance's timeout (seconds).")
+@click.option("--timeout", metavar="SECONDS",
+              help="Override every instance's timeout: seconds, finite, at most one week.")
 @click.option("--results", "results_file", default="results/results.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite results database.")
+              help="SQLite results database.")
 @click.option("--rerun", is_flag=True, help="Run again instances that already have a result.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @execution_options
@@ -30,13 +30,16 @@ def run(instances_dir, verifier, verifier_options, timeout, results_file, rerun,
     """Run a verifier on benchmark instances under a hard timeout.
 
     Instances that already have a result (other than an error) are skipped, so a killed run
-    resumes where it stopped.
+    resumes where it stopped. Several runs may share one results database: each instance is
+    claimed by one of them.
     """
     from bench.formats.folder import find_benchmarks
+    from bench.formats.rules import parse_timeout
     from bench.run.runner import run_benchmarks
 
+    if timeout is not None:
+        timeout = parse_timeout(timeout, "--timeout")
     folders = find_benchmarks(Path(instances_dir))
-    Path(results_file).parent.mkdir(parents=True, exist_ok=True)
     summary = run_benchmarks(folders, verifier, Path(results_file), timeout=timeout,
                              rerun=rerun, progress=not quiet, verifier_params=verifier_options,
                              workers=workers, executor=executor, ray_address=ray_address,
@@ -51,7 +54,7 @@ def results() -> None:
 
 @results.command("show")
 @click.option("--results", "results_file", default="results/results.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite results database.")
+              help="SQLite results database.")
 @click.option("--benchmark", help="Only this benchmark.")
 @click.option("--verifier", help="Only this verifier.")
 @click.option("--status", type=click.Choice(["sat", "unsat", "timeout", "unknown", "error"]),
@@ -63,15 +66,13 @@ def show(results_file: str, benchmark: str | None, verifier: str | None, status:
     host, device and start times, per group (or per instance)."""
     from bench.run.results import show as show_results
 
-    if not Path(results_file).exists():
-        raise BenchError(f"no results database at {results_file}; run `bench run` first")
     click.echo(show_results(results_file, benchmark=benchmark, verifier=verifier, status=status,
                             instances=instances))
 
 
 @click.command("merge")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--into", "target", required=True, type=click.Path(dir_okay=False),
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--into", "target", required=True,
               help="The database that receives the rows (created if missing).")
 def merge(sources: tuple[str, ...], target: str) -> None:
     """Merge results databases (e.g. one per shard) into one, one row per instance and

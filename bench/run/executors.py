@@ -16,13 +16,19 @@ plumbing is ``bench.parallel``). Three ways, with the same results:
   benchmark folders and the log folder must be reachable at the same paths on every node
   (a shared filesystem), and prune-bench must be installed there.
 
+Several runs on one database. Whichever way it runs, a unit's instances are claimed
+(``bench.run.claims``) just before they start, by the runner (the Ray driver), and each row is
+written with ``by=spec.run``, which releases its claim in the same transaction. An instance that
+another live run holds, or has decided meanwhile, is reported as left to it (``on_result(key,
+None)``) and not run.
+
 Killing the runner. Workers ask the kernel for SIGTERM when their parent dies
 (``PR_SET_PDEATHSIG``, Linux), so a SIGKILLed runner does not leave them verifying instances
 that its rerun will verify again; on SIGTERM a worker raises, and the harness kills the tool's
-whole process tree on the way out. (A tool started by the runner itself in serial mode, or by a
-Ray worker, outlives a SIGKILLed runner until its own time limit: only the harness could ask for
-that signal, for its child.) Ctrl-C is handled by the runner alone, which stops the workers the
-same way.
+whole process tree on the way out. Every tool runs under a supervisor (``bench.supervisor``) that
+kills all of the tool's processes when the process that started it dies, however it dies: so a
+SIGKILL of a serial runner, of one pool worker or of a Ray worker leaves no tool running. Ctrl-C
+is handled by the runner alone, which stops the workers the same way.
 """
 from __future__ import annotations
 
@@ -30,25 +36,32 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import traceback
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from bench.errors import BenchError
+from bench.formats.folder import FileProblem, Instance, materialize
 from bench.parallel import (Slot, default_window, describe_cpu, describe_gpu, enter_worker,
                             import_ray, ray_connect)
-from bench.run.results import ResultsDB
-from bench.formats.folder import Instance
+from bench.run import claims
+from bench.run.claims import RunIdentity
+from bench.run.results import ResultsDB, database_error, is_decided_row
+from bench.supervisor import reusing_supervisors
 from bench.verifiers import VERIFIERS, Status, Verifier
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
 
 Key = tuple[str, str, str]  # (benchmark, onnx, vnnlib): one instance, for one verifier
 Row = dict[str, Any]  # a RunRecord's fields plus the provenance columns
 Unit = Sequence[Instance]  # what one worker runs in one go: an instance, or one model's in batch
-OnResult = Callable[[Key, str], None]  # called in the runner once a row is in the database
+# Called in the runner once a row is in the database, with its status; with None for an
+# instance left to another run (claimed by it, or decided by it meanwhile).
+OnResult = Callable[[Key, "str | None"], None]
 
 
 def key_of(item: Instance | Row) -> Key:
@@ -67,23 +80,59 @@ class RunSpec:
     """Everything a worker needs to run instances and write their rows; sent to every worker
     (and Ray task), so it holds names and plain values only."""
 
-    verifier: str
+    verifier: str  # the registry's name
     params: dict[str, Any]
     log_dir: Path  # absolute
     results_path: Path
     provenance: dict[str, Any]  # suite_version, verifier_params, params_hash
     batch: bool = False  # the verifier's batch mode: a unit is the instances of one model
+    result_name: str = ""  # the results' ``verifier`` column (Verifier.result_name); "": verifier
+    run: RunIdentity | None = None  # claims instances, and writes rows as this run; None: neither
+    rerun: bool = False  # redo decided instances (those decided before ``run`` started)
+    cache_dir: Path | None = None  # plain copies of compressed instance files (``materialize``)
+
+    @property
+    def key_name(self) -> str:
+        return self.result_name or self.verifier
 
     def make_verifier(self) -> Verifier:
         return VERIFIERS.get(self.verifier)(**self.params)
+
+    def settles(self, row: Mapping[str, Any] | None, instance: Instance) -> bool:
+        """Whether ``row`` means ``instance`` needs no run now (``is_decided_row``)."""
+        since = self.run.started_at if self.rerun and self.run is not None else None
+        return is_decided_row(row, timeout=instance.timeout,
+                              params_hash=self.provenance.get("params_hash"), since=since)
+
+
+def claim_unit(db: ResultsDB, spec: RunSpec, unit: Unit, on_result: OnResult) -> list[Instance]:
+    """The instances of ``unit`` this run may start now (all of them without ``spec.run``); the
+    others are reported to ``on_result`` as left to another run."""
+    if spec.run is None:
+        return list(unit)
+    held = claims.claim(db, spec.run, spec.key_name, unit, spec.settles)
+    for instance in unit:
+        if instance not in held:
+            on_result(key_of(instance), None)
+    return held
 
 
 # --------------------------------------------------------------------------- one unit
 
 
-class _DeliveryFailed(Exception):
+class DeliveryFailed(Exception):
     """Writing or reporting a finished row failed: not the verifier's fault, never an error
     row, always fatal."""
+
+
+def database_failure(results_path: Path, err: BaseException) -> BenchError | None:
+    """The one-line error for a results database that failed under a run (a full disk, a file
+    damaged by another program), if that is what ``err`` (or what it wraps) is; the rows
+    written before stay."""
+    cause = err.__cause__ if isinstance(err, DeliveryFailed) else err
+    if isinstance(cause, sqlite3.Error):
+        return database_error(results_path, cause)
+    return None
 
 
 def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
@@ -95,8 +144,9 @@ def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
         try:
             deliver(make_row(spec, record, device))
         except Exception as err:
-            raise _DeliveryFailed(f"{type(err).__name__}: {err}") from err
+            raise DeliveryFailed(f"{type(err).__name__}: {err}") from err
 
+    unit = _ready_files(spec, unit, finish)
     if spec.batch and len(unit) > 1:
         settled: set[Key] = set()
 
@@ -106,19 +156,36 @@ def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
 
         try:
             run_batch(verifier, list(unit), spec.log_dir, on_record=on_record)
-        except _DeliveryFailed:
+        except DeliveryFailed:
             raise
         except Exception as err:
             for instance in unit:
                 if key_of(instance) not in settled:
-                    finish(harness_failure(verifier.name, instance, spec.log_dir, err))
+                    finish(harness_failure(spec.key_name, instance, spec.log_dir, err))
         return
     for instance in unit:
         try:
             record = run_instance(verifier, instance, spec.log_dir)
         except Exception as err:
-            record = harness_failure(verifier.name, instance, spec.log_dir, err)
+            record = harness_failure(spec.key_name, instance, spec.log_dir, err)
         finish(record)
+
+
+def _ready_files(spec: RunSpec, unit: Unit, finish: Callable[[RunRecord], None]) -> list[Instance]:
+    """The instances of ``unit`` with plain files a tool can read (``materialize``: a ``.gz``
+    inflated within the size limits into ``spec.cache_dir``). An instance whose files cannot
+    be used (missing, unreadable, a gzip bomb, a broken archive) gets its error row here, and
+    its tool never starts."""
+    if spec.cache_dir is None:
+        return list(unit)
+    ready = []
+    for instance in unit:
+        try:
+            ready.append(materialize(instance, spec.cache_dir))
+        except (FileProblem, OSError) as err:
+            finish(harness_failure(spec.key_name, instance, spec.log_dir,
+                                   reason=f"cannot use the instance's files: {err}"))
+    return ready
 
 
 def make_row(spec: RunSpec, record: RunRecord, device: str) -> Row:
@@ -127,11 +194,13 @@ def make_row(spec: RunSpec, record: RunRecord, device: str) -> Row:
 
 def harness_failure(verifier: str, instance: Instance, log_dir: Path,
                     err: BaseException | None = None, reason: str = "") -> RunRecord:
-    """An error record for an instance whose run failed outside the tool: a bug (``err``,
-    traceback kept in ``harness_errors.log``) or a lost worker (``reason``)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "harness_errors.log"
+    """An error record (for the result name ``verifier``) for an instance whose run failed
+    outside the tool: a bug (``err``, traceback kept in ``harness_errors.log``), a lost worker
+    or unusable files (``reason``)."""
+    log_path = None
     if err is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / "harness_errors.log"
         with open(log_path, "a") as log:
             log.write(f"{instance.benchmark} {instance.onnx} {instance.vnnlib}:\n"
                       f"{''.join(traceback.format_exception(err))}\n")
@@ -141,7 +210,8 @@ def harness_failure(verifier: str, instance: Instance, log_dir: Path,
         vnnlib=instance.vnnlib, verifier=verifier, verifier_version=None,
         timeout=instance.timeout, status=Status.ERROR.value, reason=reason, wall_time=None,
         verifier_time=None, peak_memory_mb=None, peak_gpu_memory_mb=None, cex_check=None,
-        cex_detail="", log_path=str(log_path), started_at=now_iso(), host=socket.gethostname())
+        cex_detail="", log_path=str(log_path) if log_path else None, started_at=now_iso(),
+        host=socket.gethostname(), benchmark_hash=instance.benchmark_hash)
 
 
 # --------------------------------------------------------------------------- serial
@@ -149,13 +219,15 @@ def harness_failure(verifier: str, instance: Instance, log_dir: Path,
 
 def run_serial(spec: RunSpec, units: Sequence[Unit], slot: Slot, on_result: OnResult) -> None:
     verifier = spec.make_verifier()
-    with ResultsDB(spec.results_path) as db:
+    with ResultsDB(spec.results_path) as db, reusing_supervisors():
         def deliver(row: Row) -> None:
-            db.record(row)
+            db.record(row, by=spec.run)
             on_result(key_of(row), row["status"])
 
         for unit in units:
-            run_unit(verifier, spec, unit, slot.device, deliver)
+            held = claim_unit(db, spec, unit, on_result)
+            if held:
+                run_unit(verifier, spec, held, slot.device, deliver)
 
 
 # --------------------------------------------------------------------------- local pool
@@ -169,7 +241,7 @@ class WorkerFailed(RuntimeError):
 def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -> None:
     """A pool worker: receives units until it receives None; writes each row, then reports it.
     Messages are ``(kind, payload, status)``: ("row", key, status), ("unit_done", None, None),
-    ("fatal", traceback, None)."""
+    ("fatal", traceback, None), ("user_error", one-line message, None)."""
     enter_worker(parent_pid, slot, signal.SIGTERM)
     try:
         verifier = spec.make_verifier()
@@ -179,23 +251,26 @@ def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -
         return
 
     def deliver(row: Row) -> None:
-        db.record(row)  # durable first: a kill between the two loses nothing
+        db.record(row, by=spec.run)  # durable first: a kill between the two loses nothing
         conn.send(("row", key_of(row), row["status"]))
 
-    while True:
-        try:
-            unit = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if unit is None:
-            db.close()
-            return
-        try:
-            run_unit(verifier, spec, unit, slot.device, deliver)
-        except Exception:
-            conn.send(("fatal", traceback.format_exc(), None))
-            return
-        conn.send(("unit_done", None, None))
+    with reusing_supervisors():
+        while True:
+            try:
+                unit = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if unit is None:
+                db.close()
+                return
+            try:
+                run_unit(verifier, spec, unit, slot.device, deliver)
+            except Exception as err:
+                problem = database_failure(spec.results_path, err)
+                conn.send(("user_error", str(problem), None) if problem else
+                          ("fatal", traceback.format_exc(), None))
+                return
+            conn.send(("unit_done", None, None))
 
 
 class _PoolWorker:
@@ -245,12 +320,14 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
     db = ResultsDB(spec.results_path)
 
     def feed(worker: _PoolWorker) -> None:
-        if not queue:
-            worker.send(None)
+        while queue:
+            unit = claim_unit(db, spec, queue.popleft(), on_result)
+            if not unit:
+                continue  # all of it left to other runs
+            if not worker.send(unit):
+                queue.appendleft(unit)  # the worker is gone; its death is handled below
             return
-        unit = queue.popleft()
-        if not worker.send(unit):
-            queue.appendleft(unit)  # the worker is gone; its death is handled below
+        worker.send(None)
 
     def bury(worker: _PoolWorker) -> None:
         """A worker exited: settle what it had in flight, and replace it if work remains."""
@@ -266,13 +343,13 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
         for instance in worker.unit or ():
             if key_of(instance) not in worker.pending:
                 continue
-            row = db.get(*key_of(instance), spec.verifier)
+            row = db.get(*key_of(instance), spec.key_name)
             if row is None or (row["started_at"] or "") < worker.dispatched_at:
                 # It did not get to write this one. (A row started since dispatch is its own.)
-                record = harness_failure(spec.verifier, instance, spec.log_dir,
+                record = harness_failure(spec.key_name, instance, spec.log_dir,
                                          reason=f"worker process died (exit code {code})")
                 row = make_row(spec, record, worker.slot.device)
-                db.record(row)
+                db.record(row, by=spec.run)
             on_result(key_of(instance), row["status"])
         if queue:
             replacement = _PoolWorker(context, spec, worker.slot, worker.number)
@@ -294,6 +371,8 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
                 try:
                     while worker.conn.poll():
                         kind, payload, status = worker.conn.recv()
+                        if kind == "user_error":
+                            raise BenchError(payload)
                         if kind == "fatal":
                             raise WorkerFailed(f"worker {worker.number} failed:\n{payload}")
                         if kind == "row":
@@ -327,7 +406,8 @@ def _ray_unit(spec: RunSpec, unit: Unit) -> list[Row]:
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]  # Ray set CUDA_VISIBLE_DEVICES to these
     device = ", ".join(describe_gpu(i) for i in gpu_ids) if gpu_ids else describe_cpu()
     rows: list[Row] = []
-    run_unit(_VERIFIERS_IN_TASK[key], spec, unit, device, rows.append)
+    with reusing_supervisors():
+        run_unit(_VERIFIERS_IN_TASK[key], spec, unit, device, rows.append)
     return rows
 
 
@@ -348,8 +428,11 @@ def run_ray(spec: RunSpec, units: Sequence[Unit], on_result: OnResult, *,
         with ResultsDB(spec.results_path) as db:
             while queue or in_flight:
                 while queue and len(in_flight) < window:
-                    unit = queue.popleft()
-                    in_flight[task.remote(spec, list(unit))] = unit
+                    unit = claim_unit(db, spec, queue.popleft(), on_result)
+                    if unit:
+                        in_flight[task.remote(spec, unit)] = unit
+                if not in_flight:
+                    continue
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in done:
                     unit = in_flight.pop(ref)
@@ -357,11 +440,11 @@ def run_ray(spec: RunSpec, units: Sequence[Unit], on_result: OnResult, *,
                         rows = ray.get(ref)
                     except Exception as err:  # RayTaskError, WorkerCrashedError, ...
                         reason = f"ray task failed: {type(err).__name__}: {err}".splitlines()[0]
-                        rows = [make_row(spec, harness_failure(spec.verifier, instance,
+                        rows = [make_row(spec, harness_failure(spec.key_name, instance,
                                                                spec.log_dir, reason=reason),
                                          "unknown") for instance in unit]
                     for row in rows:
-                        db.record(row)
+                        db.record(row, by=spec.run)
                         on_result(key_of(row), row["status"])
     finally:
         for ref in in_flight:  # interrupted: do not leave the cluster busy with them

@@ -1,10 +1,23 @@
 """The results database: one SQLite row per (benchmark, onnx, vnnlib, verifier).
 
 SQLite in WAL mode with a generous busy timeout, so that several processes (parallel workers,
-one runner per verifier or per shard, a merge) can write to the same file. Every write is one
-short transaction, so a process killed at any moment leaves either its whole row or nothing. A
-rerun replaces the row (upsert); ``is_decided`` tells the runner what it may skip: anything but
-``error``, which is retried.
+one runner per verifier or per shard, several ``bench run`` on the same file, a merge) can write
+to the same file. Every write is one short transaction, so a process killed at any moment leaves
+either its whole row or nothing. A rerun replaces the row (upsert); ``is_decided`` tells the
+runner what it may skip: anything but ``error``, which is retried. The ``verifier`` column holds
+``Verifier.result_name`` (``vnncomp:<tool>`` for a VNN-COMP tool), so two tools never share rows.
+
+Several runs on one database. A run claims each instance in the ``claims`` table before it
+starts it (``bench.run.claims``), and releases the claim in the same transaction that writes the
+instance's row. A row written by a run (``record(row, run=...)``) never replaces a decided row
+with an ``error`` when that decided row was obtained with the same parameters after the run
+started: only a concurrent run can have written it, and its answer stands. (An error does
+replace a decided row from before the run, e.g. under ``--rerun``: that is what the run was
+asked to redo.)
+
+Databases from elsewhere are checked before use: a file that is not SQLite, an SQLite file of
+something else, a ``results`` table without the key, or a damaged file is refused with a
+``BenchError`` that names the file, never used or altered (``ResultsDB``, ``read_rows``).
 
 Provenance. Besides what the harness measures (``RunRecord``: verifier version, host, start
 time, ...), every row the runner writes says which code and configuration produced it:
@@ -31,9 +44,10 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 from bench.errors import BenchError
+from bench.verifiers.base import Status
 from bench.verifiers.harness import RunRecord
 
 KEY = ("benchmark", "onnx", "vnnlib", "verifier")
@@ -57,6 +71,9 @@ RECORD_COLUMNS: dict[str, str] = {
     "log_path": "TEXT",
     "started_at": "TEXT",
     "host": "TEXT",
+    "decided_by": "TEXT",
+    "startup_time": "REAL",
+    "benchmark_hash": "TEXT",
 }
 assert list(RECORD_COLUMNS) == [f.name for f in dataclasses.fields(RunRecord)], "keep in step"
 # ... and what the runner adds: which code, configuration and device produced the row.
@@ -68,8 +85,24 @@ PROVENANCE_COLUMNS: dict[str, str] = {
 }
 COLUMNS: dict[str, str] = {**RECORD_COLUMNS, **PROVENANCE_COLUMNS}
 
+# Who is verifying which instance right now: one row per claimed instance (``bench.run.claims``).
+CLAIM_COLUMNS: dict[str, str] = {
+    "benchmark": "TEXT NOT NULL",
+    "onnx": "TEXT NOT NULL",
+    "vnnlib": "TEXT NOT NULL",
+    "verifier": "TEXT NOT NULL",
+    "run_id": "TEXT NOT NULL",  # the claiming run
+    "host": "TEXT",  # where it runs ...
+    "boot_id": "TEXT",  # ... since which boot (a pid means nothing after a reboot)
+    "pid": "INTEGER",  # the run's process ...
+    "pid_start": "INTEGER",  # ... and when it started (clock ticks since boot): pids are reused
+    "claimed_at": "TEXT",  # ISO 8601, UTC
+    "heartbeat": "REAL",  # Unix time of the owner's last sign of life
+}
+
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another process's transaction
-UNDECIDED = "error"  # the one status that is retried, and loses to any other when merging
+UNDECIDED = Status.ERROR.value  # the one status that is retried, and loses to any other in merges
+_STATUSES = frozenset(status.value for status in Status)
 
 
 def params_hash(params: Mapping[str, Any]) -> str:
@@ -81,34 +114,93 @@ def params_json(params: Mapping[str, Any]) -> str:
     return json.dumps(dict(params), sort_keys=True, default=str, separators=(",", ":"))
 
 
+def is_decided_row(row: Mapping[str, Any] | None, timeout: float | None = None,
+                   params_hash: str | None = None, since: str | None = None) -> bool:
+    """Whether ``row`` settles its instance: it exists and is not ``error`` (errors are retried).
+    With ``timeout``, a ``timeout`` result obtained under a shorter limit is not decided either,
+    so that raising the limit reruns exactly those instances. With ``params_hash``, a result
+    obtained with other verifier parameters is not decided (so changing a parameter reruns
+    everything rather than mixing two configurations in one table); rows from before provenance
+    was recorded (no hash) are kept. With ``since`` (an ISO 8601 UTC time in whole seconds, a
+    run's start: ``--rerun``), only a result started after it counts: a run that redoes
+    everything still skips what a concurrent run has just done. (A result of the very second
+    the run started is redone: that costs a duplicate at worst, never a result.)"""
+    if row is None or row["status"] == UNDECIDED:
+        return False
+    if timeout is not None and row["status"] == Status.TIMEOUT.value and \
+            (row["timeout"] or 0) < timeout:
+        return False
+    if params_hash is not None and row["params_hash"] not in (None, params_hash):
+        return False
+    if since is not None and (row["started_at"] or "") <= since:
+        return False
+    return True
+
+
+class RunOwner(Protocol):
+    """What ``ResultsDB.record`` needs to know of the run that wrote a row (``bench.run.claims.
+    RunIdentity``)."""
+
+    run_id: str
+    started_at: str  # ISO 8601, UTC, whole seconds: the run's start
+
+
 class ResultsDB:
-    def __init__(self, path: str | Path):
+    """A results database, opened for writing (created if missing, or if the file is empty).
+    A file that is not a results database is refused with a ``BenchError`` naming it, before
+    anything is written to it; ``check`` also runs SQLite's quick integrity check (once per
+    command, not in every worker)."""
+
+    def __init__(self, path: str | Path, *, check: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
-        self._create()
+        if self.path.is_dir():
+            raise BenchError(f"{self.path} is a directory, not a results database; give a file "
+                             "path (e.g. results/results.db)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create(check)
+        except OSError as err:
+            self.close()
+            raise BenchError(f"cannot use results database {self.path}: "
+                             f"{err.strerror or err}") from None
+        except sqlite3.Error as err:
+            self.close()
+            raise database_error(self.path, err) from None
 
     @property
     def conn(self) -> sqlite3.Connection:
         # A connection must not cross a fork: a child process opens its own.
         if self._conn is None or self._pid != os.getpid():
-            # Autocommit: every write is one upsert statement, so no transaction is held open.
+            # Autocommit: every write is one statement or one explicit short transaction.
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                    isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def _create(self) -> None:
+    def _create(self, check: bool) -> None:
+        # Judge the file before changing anything in it (even WAL mode is written to the file).
+        problem = schema_problem(self.conn, writing=True)
+        if problem is None and check:
+            problem = _integrity_problem(self.conn, self.path)
+        if problem is not None:
+            raise BenchError(f"{self.path} {problem}")
+        self.conn.execute("PRAGMA journal_mode = WAL")
         columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
         self.conn.execute(f"""
             CREATE TABLE IF NOT EXISTS results (
                 id INTEGER PRIMARY KEY,
                 {columns},
                 UNIQUE ({", ".join(KEY)})
+            )""")
+        claim_columns = ",\n    ".join(f"{name} {kind}" for name, kind in CLAIM_COLUMNS.items())
+        self.conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS claims (
+                {claim_columns},
+                PRIMARY KEY ({", ".join(KEY)})
             )""")
         # A database written by an older version gains the newer columns (as NULL). Altered
         # inside one write transaction that looks again: several workers open the same old
@@ -128,17 +220,29 @@ class ResultsDB:
         IMMEDIATE), so that it waits for other writers up front instead of failing midway."""
         return _Transaction(self.conn)
 
-    def record(self, run: RunRecord | Mapping[str, Any]) -> None:
+    def record(self, result: RunRecord | Mapping[str, Any], *, by: RunOwner | None = None) -> None:
         """Insert the result, replacing an earlier one for the same instance and verifier. A
-        mapping may carry the provenance columns besides the ``RunRecord`` fields."""
-        row = run.to_dict() if isinstance(run, RunRecord) else dict(run)
+        mapping may carry the provenance columns besides the ``RunRecord`` fields.
+
+        With ``by``, the run that produced it: the run's claim on the instance is released in
+        the same transaction, and an ``error`` does not replace a decided row obtained with the
+        same parameters after the run started (another run's answer; see the module's
+        docstring)."""
+        row = result.to_dict() if isinstance(result, RunRecord) else dict(result)
         row["status"] = getattr(row["status"], "value", row["status"])  # a Status or its value
-        self.conn.execute(_UPSERT, [row.get(name) for name in COLUMNS])
+        values = [row.get(name) for name in COLUMNS]
+        if by is None:
+            self.conn.execute(_UPSERT, values)
+            return
+        with self.transaction() as conn:
+            conn.execute(_UPSERT_KEEPING_ANSWERS, [*values, by.started_at])
+            conn.execute(f"DELETE FROM claims WHERE {_KEY_MATCH} AND run_id = ?",
+                         [*(row[name] for name in KEY), by.run_id])
 
     def get(self, benchmark: str, onnx: str, vnnlib: str, verifier: str) -> dict | None:
         row = self.conn.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM results WHERE benchmark = ? AND onnx = ? "
-            f"AND vnnlib = ? AND verifier = ?", (benchmark, onnx, vnnlib, verifier)).fetchone()
+            f"SELECT {', '.join(COLUMNS)} FROM results WHERE {_KEY_MATCH}",
+            (benchmark, onnx, vnnlib, verifier)).fetchone()
         return dict(row) if row else None
 
     def rows(self, benchmark: str | None = None, verifier: str | None = None,
@@ -156,21 +260,11 @@ class ResultsDB:
         return [dict(row) for row in self.conn.execute(sql, args)]
 
     def is_decided(self, benchmark: str, onnx: str, vnnlib: str, verifier: str,
-                   timeout: float | None = None, params_hash: str | None = None) -> bool:
-        """A result exists and is not ``error`` (errors are retried). With ``timeout``, a
-        ``timeout`` result obtained under a shorter limit is not decided either, so that raising
-        the limit reruns exactly those instances. With ``params_hash``, a result obtained with
-        other verifier parameters is not decided (so changing a parameter reruns everything
-        rather than mixing two configurations in one table); rows from before provenance was
-        recorded (no hash) are kept."""
-        row = self.get(benchmark, onnx, vnnlib, verifier)
-        if row is None or row["status"] == UNDECIDED:
-            return False
-        if timeout is not None and row["status"] == "timeout" and (row["timeout"] or 0) < timeout:
-            return False
-        if params_hash is not None and row["params_hash"] not in (None, params_hash):
-            return False
-        return True
+                   timeout: float | None = None, params_hash: str | None = None,
+                   since: str | None = None) -> bool:
+        """Whether the instance has a result that settles it (``is_decided_row``)."""
+        return is_decided_row(self.get(benchmark, onnx, vnnlib, verifier), timeout=timeout,
+                              params_hash=params_hash, since=since)
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
@@ -184,10 +278,16 @@ class ResultsDB:
         self.close()
 
 
+_KEY_MATCH = " AND ".join(f"{name} = ?" for name in KEY)
 _UPSERT = (
     f"INSERT INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
     f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in COLUMNS if name not in KEY))
+# The last parameter is the writing run's start: a decided row of the same parameters started
+# after it is a concurrent run's answer, and an error does not replace it.
+_UPSERT_KEEPING_ANSWERS = (
+    f"{_UPSERT} WHERE excluded.status != '{UNDECIDED}' OR results.status = '{UNDECIDED}' "
+    "OR results.params_hash IS NOT excluded.params_hash OR COALESCE(results.started_at, '') <= ?")
 
 
 class _Transaction:
@@ -200,6 +300,78 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+# --------------------------------------------------------------------------- hostile files
+
+# What to do about each kind of SQLite failure (by the start of its error name).
+_ADVICE = {
+    "SQLITE_NOTADB": "is not an SQLite database: move it away, or give another file",
+    "SQLITE_CORRUPT": "is damaged: restore it from a copy, or save what is left of it with "
+                      "`sqlite3 {path} .recover`",
+    "SQLITE_BUSY": "is locked by another process: try again when that one is done",
+    "SQLITE_LOCKED": "is locked by another process: try again when that one is done",
+    "SQLITE_CANTOPEN": "cannot be opened: check the path and its permissions",
+    "SQLITE_READONLY": "is read-only: give a writable file",
+    "SQLITE_FULL": "cannot grow: the disk is full",
+    "SQLITE_IOERR": "cannot be read or written (a disk or filesystem error)",
+}
+
+
+def database_error(path: Path, err: sqlite3.Error) -> BenchError:
+    """A one-line ``BenchError`` for an SQLite failure on the results database ``path``."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    advice = next((text for prefix, text in _ADVICE.items() if name.startswith(prefix)),
+                  "is not a usable results database: move it away, or give another file")
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return BenchError(f"{path} {advice.format(path=path)} ({detail})")
+
+
+def schema_problem(conn: sqlite3.Connection, writing: bool) -> str | None:
+    """Why the database on ``conn`` is not a results database prune-bench can read (or, with
+    ``writing``, also write), as the end of a sentence that starts with its path; None if it is
+    one. For writing, a database without any table (a new or empty file) is fine."""
+    advice = "give another file (this one was not written by prune-bench, or was altered)"
+    tables = {row[0]: row[1] for row in conn.execute(
+        "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')")}
+    if "results" not in tables:
+        if not tables:
+            return None if writing else "holds no results yet (an empty database): run " \
+                                        "`bench run` into it first, or check the path"
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        return f"is an SQLite database of something else (tables: {shown}); {advice}"
+    if tables["results"] != "table":
+        return f"has a results {tables['results']}, not a table; {advice}"
+    columns = {row[1]: row for row in conn.execute("PRAGMA table_info(results)")}
+    missing = [name for name in (*KEY, "status") if name not in columns]
+    if missing:
+        return f"has a results table without the column(s) {', '.join(missing)}; {advice}"
+    # Without it, one instance could have several rows, and every count would be wrong.
+    unique = [[row[2] for row in conn.execute(f"PRAGMA index_info('{index[1]}')")]
+              for index in conn.execute("PRAGMA index_list(results)") if index[2]]
+    if not any(sorted(names) == sorted(KEY) for names in unique):
+        return f"has a results table without a unique key on ({', '.join(KEY)}); {advice}"
+    if not writing:
+        return None
+    # (cid, name, type, notnull, default, pk): a column we never fill must not be required.
+    required = [name for name, info in columns.items()
+                if name not in COLUMNS and info[3] and info[4] is None and not info[5]]
+    if required:
+        return f"has a results table with required column(s) {', '.join(required)} that " \
+               f"prune-bench does not fill; {advice}"
+    if "claims" in tables:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(claims)")}
+        if tables["claims"] != "table" or not set(CLAIM_COLUMNS) <= present:
+            return f"has a claims table that is not prune-bench's; {advice}"
+    return None
+
+
+def _integrity_problem(conn: sqlite3.Connection, path: Path) -> str | None:
+    found = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+    if found == ["ok"]:
+        return None
+    return (f"is damaged ({found[0][:200]}): restore it from a copy, or save what is left of "
+            f"it with `sqlite3 {path} .recover`")
 
 
 # --------------------------------------------------------------------------- merging
@@ -260,26 +432,62 @@ def merge(sources: Iterable[str | Path], target: str | Path) -> MergeSummary:
 
 def read_rows(path: str | Path) -> list[dict]:
     """Every row of a results database, opened read-only; columns it lacks (an older version
-    wrote it) are None."""
+    wrote it) are None. A file that is not a results database, or holds a row that no
+    prune-bench wrote (an unknown status, text where a number belongs), is refused with a
+    one-line ``BenchError`` naming it: a table computed from such rows would be evidence of
+    nothing."""
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"{path} is a directory, not a results database; give the database "
+                         "file (e.g. results/results.db)")
     if not path.is_file():
-        raise BenchError(f"no results database at {path}")
+        raise BenchError(f"no results database at {path}; run `bench run` first, or check the "
+                         "path")
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as err:
-        raise BenchError(f"cannot open results database {path}: {err}") from None
+        raise database_error(path, err) from None
     try:
         conn.row_factory = sqlite3.Row
+        problem = schema_problem(conn, writing=False)
+        if problem is not None:
+            raise BenchError(f"{path} {problem}")
         present = {row["name"] for row in conn.execute("PRAGMA table_info(results)")}
-        if not set(KEY) <= present or "status" not in present:
-            raise BenchError(f"{path} is not a results database (no results table)")
         select = ", ".join(name if name in present else f"NULL AS {name}" for name in COLUMNS)
-        return [dict(row) for row in conn.execute(f"SELECT {select} FROM results")]
-    except sqlite3.DatabaseError as err:
-        raise BenchError(f"{path} is not a results database ({err})") from None
+        rows = [dict(row) for row in conn.execute(f"SELECT {select} FROM results")]
+    except sqlite3.Error as err:
+        raise database_error(path, err) from None
     finally:
         conn.close()
+    for row in rows:
+        problem = _row_problem(row)
+        if problem:
+            where = ", ".join(f"{str(row.get(name))[:60]!r}" for name in KEY)
+            raise BenchError(f"{path}: the row ({where}) {problem}; it was not written by "
+                             "prune-bench or was altered: remove or fix that row")
+    return rows
+
+
+_NUMBER_COLUMNS = frozenset(name for name, kind in COLUMNS.items() if kind.startswith("REAL"))
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    for name in KEY:
+        if not isinstance(row[name], str) or not row[name]:
+            return f"has {name} = {row[name]!r:.60}, not a name"
+    if row["status"] not in _STATUSES:
+        return (f"has status {row['status']!r:.60}, not one of "
+                f"{', '.join(sorted(_STATUSES))}")
+    for name, value in row.items():
+        if value is None:
+            continue
+        if name in _NUMBER_COLUMNS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"has {name} = {value!r:.60}, not a number"
+        elif not isinstance(value, str):
+            return f"has {name} = {value!r:.60}, not text"
+    return None
 
 
 # --------------------------------------------------------------------------- showing

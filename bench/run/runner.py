@@ -21,12 +21,22 @@ nor on which other instances exist, nor on the machine or the Python version (un
 and every verifier's shard K holds the same instances. The N shards are disjoint and together
 hold every instance; their sizes are equal only on average. Run each shard into its own database
 and combine them with ``bench.run.results.merge``.
+
+Several runs on one database (a second terminal, a job array without ``--shard``, two
+verifiers) are safe: each claims an instance before starting it and leaves alone what another
+live run holds (``bench.run.claims``), every attempt works in its own folder, and no run's
+answer is replaced by another's error. Rows are keyed by ``Verifier.result_name``.
+
+Before a tool starts, its instance's files are made plain (``bench.formats.folder.materialize``:
+a ``.gz`` inflated within the size limits into ``<results>_cache`` beside the logs); an instance
+whose files cannot be used gets an error row and no tool.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -38,8 +48,10 @@ from typing import Any, Iterable, Iterator, Sequence, TextIO
 import bench
 from bench.run import executors
 from bench.errors import BenchError
-from bench.run.results import ResultsDB, params_hash, params_json
 from bench.formats.folder import Instance, read_instances
+from bench.formats.rules import parse_timeout
+from bench.run.claims import RunIdentity, holding_claims
+from bench.run.results import ResultsDB, params_hash, params_json
 from bench.shards import Shard
 from bench.progress import Progress
 from bench.parallel import exit_on_signal, make_slots
@@ -52,6 +64,7 @@ EXECUTORS = ("local", "ray")
 class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)  # status value -> instances run now
     skipped: int = 0  # already decided in the database
+    elsewhere: int = 0  # left to another run on the same database (claimed or decided by it)
     verifier: str = ""
     verifier_installed: bool = True
     install_hint: str = ""
@@ -71,6 +84,8 @@ class RunSummary:
         statuses = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
         text = (f"{self.verifier}: {self.run} run" + (f" ({statuses})" if statuses else "")
                 + f", {self.skipped} skipped (already decided)"
+                + (f", {self.elsewhere} left to another run on the same database"
+                   if self.elsewhere else "")
                 + (f" in shard {self.shard}" if self.shard else "")
                 + f"; results in {self.results_path}, logs in {self.log_dir}")
         if not self.verifier_installed:
@@ -149,8 +164,8 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
     status."""
     started = time.monotonic()
     verifier = VERIFIERS.get(verifier_name)(**(verifier_params or {}))
-    if timeout is not None and not timeout > 0:
-        raise BenchError(f"timeout must be positive, got {timeout}")
+    if timeout is not None:
+        timeout = parse_timeout(timeout, "--timeout")
     if executor not in EXECUTORS:
         raise BenchError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
@@ -163,35 +178,48 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
     results_path = Path(results_path).resolve()
     log_dir = (Path(log_dir) if log_dir is not None else
                results_path.parent / f"{results_path.stem}_logs").resolve()
+    name = verifier.result_name
 
-    summary = RunSummary(verifier=verifier.name, results_path=str(results_path),
+    summary = RunSummary(verifier=name, results_path=str(results_path),
                          log_dir=str(log_dir), install_hint=verifier.install_hint,
                          total=len(instances), shard=str(shard or ""), executor=executor)
     summary.verifier_installed = _installed(verifier)
-    prov = provenance(verifier)
-    with ResultsDB(results_path) as db:
-        pending = [i for i in instances if rerun or not db.is_decided(
-            i.benchmark, i.onnx, i.vnnlib, verifier.name, timeout=i.timeout,
-            params_hash=prov["params_hash"])]
-    summary.skipped = len(instances) - len(pending)
-    spec = executors.RunSpec(verifier=verifier.name, params=dict(verifier.params),
-                             log_dir=log_dir, results_path=results_path, provenance=prov,
-                             batch=_supports_batch(verifier))
-    units = make_units(pending, spec.batch)
-
+    spec = executors.RunSpec(verifier=verifier_name, params=dict(verifier.params),
+                             log_dir=log_dir, results_path=results_path,
+                             provenance=provenance(verifier), batch=_supports_batch(verifier),
+                             result_name=name, run=RunIdentity.here(), rerun=rerun,
+                             cache_dir=log_dir.parent / f"{results_path.stem}_cache")
     counts: Counter[str] = Counter()
-    bar = Progress(len(instances), summary.skipped, verifier.name, enabled=progress,
-                   stream=progress_stream)
-
-    def on_result(key: executors.Key, status: str) -> None:
-        counts[status] += 1
-        bar.advance(status)
-
     try:
-        with _stop_on_termination():
-            _execute(spec, units, on_result, summary, verifier, workers, executor, ray_address)
+        with ResultsDB(results_path, check=True) as db:
+            # A first look; what counts is the look at claim time, just before each start.
+            pending = [i for i in instances if not spec.settles(db.get(*executors.key_of(i),
+                                                                        name), i)]
+        summary.skipped = len(instances) - len(pending)
+        units = make_units(pending, spec.batch)
+        bar = Progress(len(instances), summary.skipped, name, enabled=progress,
+                       stream=progress_stream)
+
+        def on_result(key: executors.Key, status: str | None) -> None:
+            if status is None:
+                summary.elsewhere += 1
+                bar.skip()
+            else:
+                counts[status] += 1
+                bar.advance(status)
+
+        try:
+            with _stop_on_termination(), holding_claims(results_path, spec.run):
+                _execute(spec, units, on_result, summary, verifier, workers, executor,
+                         ray_address)
+        finally:
+            bar.close()
+    except (sqlite3.Error, executors.DeliveryFailed) as err:
+        problem = executors.database_failure(results_path, err)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
-        bar.close()
         summary.counts = dict(counts)
         summary.seconds = time.monotonic() - started
     return summary

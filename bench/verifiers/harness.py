@@ -1,8 +1,10 @@
 """Run one verifier on one instance, and measure it the same way for every tool.
 
-``run_process`` owns the process: its own session (so the whole tree can be signalled at once),
-output to files (a chatty tool cannot fill a pipe and deadlock), peak memory of the whole tree, a
-hard timeout (SIGTERM to the group, SIGKILL after a grace period) and no leftovers afterwards.
+``run_process`` owns the process: under a supervisor that holds every process the tool starts and
+kills them all when the harness dies (``bench.supervisor``), output to files (a chatty tool cannot
+fill a pipe and deadlock), peak memory of the whole tree, a hard timeout (SIGTERM to the tree,
+SIGKILL after a grace period) and no leftovers afterwards. Every attempt works in a folder of its
+own (``attempt_dir``), so two runs on one instance never read each other's files.
 ``run_instance`` wraps a ``Verifier`` around it: command, parse, counterexample check, and one
 ``RunRecord`` whatever happens. Verifiers' own timeouts are soft (alpha-beta-CROWN overshoots by
 up to 30 s), so the harness never relies on them. ``run_batch`` does the same for tools that
@@ -10,15 +12,12 @@ verify all instances of one model in one process, still enforcing each instance'
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import select
+import secrets
 import shlex
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from typing import Callable
 import psutil
 
 from bench.formats.folder import Instance
+from bench.supervisor import Supervised
 from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.cex import check_counterexample
 
@@ -72,6 +72,14 @@ class RunRecord:
     log_path: str | None
     started_at: str  # ISO 8601, UTC
     host: str
+    # Which stage of the tool decided (e.g. alpha-beta-CROWN's attack, incomplete, bab), where
+    # the tool says so.
+    decided_by: str | None = None
+    # The part of ``wall_time`` that the tool spent outside its own clock: interpreter start,
+    # imports, model loading (its start-up). In batch mode the first instance of each process
+    # pays it, as every instance does in one-process-per-instance mode. None where unknown.
+    startup_time: float | None = None
+    benchmark_hash: str = ""  # the benchmark's content hash (Instance.benchmark_hash); "": unknown
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,12 +128,14 @@ class _GpuSampler:
 
 
 class _Tree:
-    """The main process and every descendant seen so far. Descendants are remembered even after
-    they are orphaned (reparented to init), so that a tool that double-forks is still cleaned up;
-    psutil's Process compares creation times, so a reused pid is never mistaken for ours."""
+    """Every process below the supervisor seen so far (the supervisor itself excluded: it is
+    ours, not the tool's). Being a subreaper, the supervisor keeps even a double-forked orphan
+    below it; the ones seen are remembered all the same, for the case where the supervisor is
+    killed. psutil's Process compares creation times, so a reused pid is never mistaken for
+    ours."""
 
-    def __init__(self, pid: int):
-        self.root = psutil.Process(pid)
+    def __init__(self, supervisor_pid: int):
+        self.root = psutil.Process(supervisor_pid)
         self.seen: dict[int, psutil.Process] = {}
 
     def refresh(self) -> list[psutil.Process]:
@@ -135,7 +145,7 @@ class _Tree:
             children = []
         for child in children:
             self.seen.setdefault(child.pid, child)
-        return [self.root, *self.seen.values()]
+        return list(self.seen.values())
 
     def memory_mb(self) -> tuple[float, set[int]]:
         """Current RSS of the tree, or the largest high-water mark of one of its processes if
@@ -150,16 +160,25 @@ class _Tree:
             high = max(high, _high_water_rss(proc.pid))
         return max(total, high) / _MB, pids
 
-    def alive_descendants(self) -> list[psutil.Process]:
-        self.refresh()
+    def alive(self) -> list[psutil.Process]:
         alive = []
-        for proc in self.seen.values():
+        for proc in self.refresh():
             try:
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
                     alive.append(proc)
             except psutil.Error:
                 pass
         return alive
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL ``processes`` and wait (briefly) until they are gone: SIGKILL is asynchronous."""
+    for proc in processes:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(processes, timeout=2.0)
 
 
 def _high_water_rss(pid: int) -> int:
@@ -176,103 +195,37 @@ def _high_water_rss(pid: int) -> int:
     return 0
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is empty already
-
-
-def _signal_escaped(tree: _Tree, sig: int) -> None:
-    """Signal descendants that left the process group (setsid/setpgid), which killpg misses."""
-    for proc in tree.alive_descendants():
-        try:
-            proc.send_signal(sig)
-        except psutil.Error:
-            pass
-
-
-class _ExitWaiter:
-    """Wait for the main process to exit without reaping it: while it is a zombie its pid stays
-    the process group id, so the group can still be signalled safely. Uses a pidfd where the
-    kernel has one (wakes at once), else short sleeps."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self._fd: int | None = None
-        try:
-            self._fd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._fd = None
-
-    def wait(self, timeout: float) -> bool:
-        """True once the process has exited; waits at most ``timeout`` seconds."""
-        if self._fd is not None:
-            ready, _, _ = select.select([self._fd], [], [], max(timeout, 0.0))
-            return bool(ready)
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            try:
-                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return True
-            if info is not None:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(0.01, max(deadline - time.monotonic(), 0.0)))
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it when the harness dies. The tool runs
-    in its own session (so that its whole group can be killed at timeout), which also means a
-    SIGKILL of ``bench run`` would otherwise leave it running until its own time limit."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: nothing to ask for
-        pass
-
-
 def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
                 env: dict[str, str] | None = None, cwd: str | Path | None = None, *,
                 stdout_path: str | Path, stderr_path: str | Path,
                 watch: Callable[[], bool] | None = None) -> ProcessOutcome:
     """Run ``argv`` with a hard wall-clock ``timeout`` (seconds); ``env`` is added to the current
-    environment. SIGTERM goes to the whole process group at the timeout, SIGKILL ``grace``
-    seconds later, and anything of the tree still alive after the main process exits is killed,
-    so nothing keeps running (or holding memory) after this returns.
+    environment. The tool runs under a supervisor (``bench.supervisor``): a subreaper that holds
+    every process the tool starts, even one that double-forks into a new session, and kills them
+    all when this process dies, however it dies. SIGTERM goes to every process of the tool at
+    the timeout, SIGKILL ``grace`` seconds later, and anything still alive after the main
+    process exits is killed, so nothing keeps running (or holding memory) after this returns.
+    Raises ``OSError`` when the tool cannot be started.
 
     ``watch``, if given, is called at every sample until the process is signalled; when it
     returns True the process is stopped as if its timeout had come (``run_batch`` uses it to
     stop a batch whose current instance ran past its own timeout).
 
-    The peak memory is sampled (every 0.02 s in the first second, then every 0.1 s): the sum of
-    the tree's RSS, or a single process's own high-water mark if larger. For a process that
-    lives shorter than one interval it is a lower bound."""
+    ``wall_time`` runs from the tool's start to the exit of its main process, as the supervisor
+    clocks them (its own start-up is not counted). The peak memory is sampled (every 0.02 s in
+    the first second, then every 0.1 s): the sum of the tree's RSS, or a single process's own
+    high-water mark if larger. For a process that lives shorter than one interval it is a lower
+    bound."""
     full_env = {**os.environ, **(env or {})}
+    tool = Supervised(argv, env=full_env, cwd=cwd, stdout=stdout_path, stderr=stderr_path)
     gpu = _GpuSampler()
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        start = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=full_env, cwd=cwd, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-    waiter = _ExitWaiter(proc.pid)
     timed_out = killed = False
     peak_rss = 0.0
     peak_gpu = 0.0 if gpu.available else None
     tree: _Tree | None = None
     try:
-        tree = _Tree(proc.pid)
-        deadline = start + timeout
+        tree = _Tree(tool.supervisor_pid)
+        deadline = tool.started + timeout
         term_sent_at: float | None = None
         while True:
             rss, pids = tree.memory_mb()
@@ -282,64 +235,31 @@ def run_process(argv: list[str], timeout: float, grace: float = DEFAULT_GRACE,
             now = time.monotonic()
             if term_sent_at is None and (now >= deadline or (watch is not None and watch())):
                 timed_out, term_sent_at = True, time.monotonic()
-                _signal_group(proc.pid, signal.SIGTERM)
-                _signal_escaped(tree, signal.SIGTERM)
+                tool.terminate()
             elif term_sent_at is not None and not killed and now >= term_sent_at + grace:
                 killed = True
-                _signal_group(proc.pid, signal.SIGKILL)
-                _signal_escaped(tree, signal.SIGKILL)
+                tool.kill()
             # Sleep until the next sample, or the next signal if that comes sooner. Sampling is
             # denser at first, so that short runs (most instances) get a meaningful peak.
-            wait_for = SAMPLE_INTERVAL if now - start > 1.0 else FIRST_SECOND_INTERVAL
+            wait_for = SAMPLE_INTERVAL if now - tool.started > 1.0 else FIRST_SECOND_INTERVAL
             if not killed:
                 next_signal = deadline if term_sent_at is None else term_sent_at + grace
                 wait_for = min(wait_for, max(next_signal - now, 0.0))
-            if waiter.wait(wait_for):
+            if tool.wait_exit(wait_for):
                 break
-        wall_time = time.monotonic() - start
-        killed |= _kill_leftovers(proc.pid, tree)
+        killed |= tool.finish() > 0
     except BaseException:
-        # Interrupted (Ctrl-C) or a bug: never leave the tool running behind us.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # Interrupted (Ctrl-C, SIGTERM), a bug, or a lost supervisor: never leave the tool
+        # running behind us.
+        tool.abort()
         if tree is not None:
-            _signal_escaped(tree, signal.SIGKILL)
+            _kill(tree.alive())  # all gone already, unless the supervisor itself was killed
         raise
     finally:
-        waiter.close()
         gpu.close()
-        returncode = proc.wait()  # reap only now: until here its pid still names the group
-    return ProcessOutcome(returncode=returncode, wall_time=wall_time, peak_memory_mb=peak_rss,
-                          timed_out=timed_out, killed=killed, peak_gpu_memory_mb=peak_gpu)
-
-
-def _kill_leftovers(pgid: int, tree: _Tree) -> bool:
-    """SIGKILL whatever of the tree outlived the main process; True if anything was left."""
-    leftovers = tree.alive_descendants()
-    group_alive = _group_has_members(pgid)
-    if not leftovers and not group_alive:
-        return False
-    _signal_group(pgid, signal.SIGKILL)
-    for proc in leftovers:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    # SIGKILL is asynchronous: wait briefly so that callers really see them gone.
-    psutil.wait_procs(leftovers, timeout=2.0)
-    return True
-
-
-def _group_has_members(pgid: int) -> bool:
-    """Whether a process other than the (zombie) main process is still in the group."""
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == pgid:
-            continue
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error, OSError):
-            pass
-    return False
+    return ProcessOutcome(returncode=tool.returncode, wall_time=tool.ended - tool.started,
+                          peak_memory_mb=peak_rss, timed_out=timed_out, killed=killed,
+                          peak_gpu_memory_mb=peak_gpu)
 
 
 # --------------------------------------------------------------------------- instances
@@ -357,7 +277,7 @@ def run_instance(verifier: Verifier, instance: Instance, log_dir: Path,
         return _finish(record, Status.ERROR, hint[0])
 
     # Absolute: tools run with their own cwd, and a relative path would point elsewhere there.
-    workdir = _fresh_workdir(Path(log_dir).resolve(), verifier.name, instance)
+    workdir = _fresh_workdir(Path(log_dir).resolve(), verifier.result_name, instance)
     record.log_path = str(workdir)
     try:
         command = verifier.command(instance, workdir)
@@ -386,6 +306,7 @@ def run_instance(verifier: Verifier, instance: Instance, log_dir: Path,
     except Exception as err:
         return _finish(record, Status.ERROR, f"cannot parse the output: {_describe(err)}")
     record.verifier_time = verdict.verifier_time
+    record.decided_by = getattr(verdict, "decided_by", None)
     if status is Status.SAT:
         record.cex_check, record.cex_detail = _check_cex(instance, verdict)
     return _finish(record, status, verdict.reason)
@@ -394,7 +315,8 @@ def run_instance(verifier: Verifier, instance: Instance, log_dir: Path,
 def _blank_record(verifier: Verifier, instance: Instance) -> RunRecord:
     return RunRecord(
         benchmark=instance.benchmark, root=str(instance.root), onnx=instance.onnx,
-        vnnlib=instance.vnnlib, verifier=verifier.name, verifier_version=_version(verifier),
+        vnnlib=instance.vnnlib, verifier=verifier.result_name,
+        verifier_version=_version(verifier), benchmark_hash=instance.benchmark_hash,
         timeout=float(instance.timeout), status=Status.ERROR.value, reason="", wall_time=None,
         verifier_time=None, peak_memory_mb=None, peak_gpu_memory_mb=None, cex_check=None,
         cex_detail="", log_path=None,
@@ -441,14 +363,28 @@ def _check_cex(instance: Instance, verdict: Verdict) -> tuple[str, str]:
 
 
 def _fresh_workdir(log_dir: Path, verifier: str, instance: Instance) -> Path:
-    """``log_dir/<verifier>/<benchmark>/<onnx>__<vnnlib>/``, emptied: a rerun must not read the
-    previous run's result file."""
+    """``log_dir/<verifier>/<benchmark>/<onnx>__<vnnlib>/<attempt>/``: a new folder for this
+    attempt alone (see ``attempt_dir``)."""
     name = f"{_safe(instance.onnx)}__{_safe(instance.vnnlib)}"
-    workdir = log_dir / _safe(verifier) / _safe(instance.benchmark) / name
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    return workdir
+    return attempt_dir(log_dir / _safe(verifier) / _safe(instance.benchmark) / name)
+
+
+def attempt_dir(parent: Path) -> Path:
+    """A folder in ``parent`` that no other attempt ever had: ``<UTC time>-<host>-<pid>-<random>``,
+    created here (``mkdir`` fails rather than share one). A tool writes its result file into it
+    and the harness reads it from there only, so neither a rerun nor a concurrent run on the
+    same instance (a second ``bench run`` on the same database) can read another's answer, and
+    no run empties a folder that another is using. Earlier attempts stay, for their logs."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    prefix = f"{stamp}-{_safe(socket.gethostname())[:40]}-{os.getpid()}"
+    while True:
+        folder = parent / f"{prefix}-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def _safe(text: str) -> str:
@@ -531,10 +467,8 @@ def _run_model(verifier: Verifier, group: list[tuple[int, Instance]], log_dir: P
             yield position, record
         return
 
-    model_dir = log_dir / _safe(verifier.name) / _safe(first.benchmark) / \
-        f"{_safe(first.onnx)}__batch"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)  # a rerun must not read the previous run's files
+    model_dir = attempt_dir(log_dir / _safe(verifier.result_name) / _safe(first.benchmark) /
+                            f"{_safe(first.onnx)}__batch")
     pending = group
     round_no = 0
     while pending:
