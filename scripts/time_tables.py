@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.run.results import ResultsDB
-from bench.collate.tables import make_tables
+from bench.collate.report import make_tables
 
 PRUNERS = ("imp", "snip", "taylor", "hydra", "hydra+nrs", "imp+rs", "imp+nrs", "random",
            "struct-lth", "slim")

@@ -14,7 +14,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.build.export import ExportedModel, write_benchmark
-from bench.collate.tables import make_tables
+from bench.collate.report import make_tables
 
 SCHEMA = """
 CREATE TABLE results (
@@ -143,10 +143,16 @@ def test_verified_accuracy_counts_only_unsat_on_correct_samples(tables):
 def test_csv_content(tables):
     out, _ = tables
     assert (out / "tiny-bench__crown.csv").read_text() == (
-        "level,remain_ratio,samples,standard_accuracy,verified_accuracy,mean_time_s,"
-        "peak_memory_mb,sat,unsat,timeout,unknown,error,missing,unsat_misclassified\n"
-        "0,1.0,3,66.67,66.67,4.0,250.0,0,3,0,0,0,0,1\n"
-        "1,0.8,3,66.67,33.33,20.667,100.0,0,1,1,0,1,0,0\n"
+        "level,remain_ratio,samples,standard_accuracy,verified_accuracy,verified_ci_low,"
+        "verified_ci_high,band_low,band_high,mean_time_s,"
+        "peak_memory_mb,sat,unsat,timeout,unknown,error,missing,unsat_misclassified,"
+        "pairs,delta_pp,gained,lost,p_value,p_holm\n"
+        # Wilson 2/3 = [20.77, 93.85]; nothing undecided; level 0 is not compared with itself.
+        "0,1.0,3,66.67,66.67,20.77,93.85,66.67,66.67,4.0,250.0,0,3,0,0,0,0,1,,,,,,\n"
+        # The timeout on a correct sample widens the band; the error on the misclassified one
+        # does not. Sample 1 was verified at level 0 only: one pair lost, McNemar p = 1.
+        "1,0.8,3,66.67,33.33,6.15,79.23,33.33,66.67,20.667,100.0,0,1,1,0,1,0,0,"
+        "3,-33.33,0,1,1.0,1.0\n"
     )
 
 
@@ -154,7 +160,10 @@ def test_markdown_reports_statuses_and_warnings(tables):
     out, _ = tables
     text = (out / "tiny-bench__crown.md").read_text()
     assert "# tiny-bench: crown" in text and "version 1.2" in text
-    assert "| 1 | 80.0% | 3 | 66.7 | 33.3 | 20.67 | 100 | 0 | 1 | 1 | 0 | 1 | 0 | 0 |" in text
+    assert "| 1 | 80.0% | 3 | 66.7 | 33.3 | 6.2–79.2 | 33.3–66.7 | 20.67 | 100 | 0 | 1 | 1 | 0 | 1 " \
+           "| 0 | 0 | -33.3 | 0 / 1 | 1.000 | 1.000 |" in text
+    assert "| 0 | 100.0% | 3 | 66.7 | 66.7 | 20.8–93.8 | 66.7–66.7 |" in text
+    assert "Wilson" in text and "McNemar" in text and "Undecided band" in text
     assert "misclassified" in text and "1 result(s) name files" in text
 
 
@@ -297,20 +306,31 @@ def test_best_level_breaks_ties_towards_the_sparser_level(seeded):
     assert [levels[("imp", lv)]["best"] for lv in "012"] == ["False", "True", "False"]
 
 
-def test_certified_lottery_tickets(seeded):
+def test_certified_lottery_tickets_need_a_significant_improvement(seeded):
     out, _ = seeded
     levels = {(r["method"], r["level"]): r for r in
               read_csv(out / "levels" / f"{SLUG}.csv")}
-    # Dense: std 81 %, ver 50 %. imp level 2 verifies more but its std is 79 %: no ticket.
-    # slim level 2 has exactly the dense std (81 %): a match counts.
-    tickets = {key for key, row in levels.items() if row["lottery_ticket"] == "True"}
-    assert tickets == {("imp", "1"), ("slim", "1"), ("slim", "2")}
+    # Dense: std 81 %, ver 50 %. imp level 1 verifies 3 more samples than its dense level and
+    # none fewer (seed 100: sample 2; seed 200: samples 2, 3), and its std is higher, yet three
+    # discordant pairs cannot show a difference: McNemar p = 2 / 2^3 = 0.25, Holm over imp's
+    # two pruned levels 0.5. No star anywhere at 4 samples x 2 seeds.
+    imp1 = levels[("imp", "1")]
+    assert (imp1["pairs"], imp1["gained"], imp1["lost"]) == ("8", "3", "0")
+    assert (imp1["delta_pp"], imp1["p_value"], imp1["p_holm"]) == ("37.5", "0.25", "0.5")
+    assert imp1["pairs_for_80_power"] == "19"  # Connor: (1.96·√.375 + .84·√(.375-.375²))²/.375²
+    assert float(imp1["delta_ci_low"]) <= 37.5 <= float(imp1["delta_ci_high"])
+    assert not {key for key, row in levels.items() if row["lottery_ticket"] == "True"}
+    assert levels[("imp", "0")]["p_value"] == ""  # the dense level is not compared with itself
     rows = read_summary(out)
-    assert (rows["Dense"]["lottery_ticket"], rows["imp"]["lottery_ticket"]) == ("False", "True")
+    assert (rows["Dense"]["lottery_ticket"], rows["imp"]["lottery_ticket"]) == ("False", "False")
     markdown = (out / "summary" / f"{SLUG}.md").read_text()
     assert "| imp | unstructured | 1 | 0.80 ± 0.00 | 84.0 ± 1.4 | 65.5 ± 0.7 | 87.5 ± 17.7 | " \
-           "4.00 ± 2.83 | 2 | ★ |" in markdown
-    assert "| Dense |  | 0 | 1.00 ± 0.00 | 81.0 ± 1.4 | 61.0 ± 1.4 | 50.0 ± 0.0 |" in markdown
+           "52.9–97.8 | 87.5–100.0 | +37.5 [" in markdown
+    assert "| 0.500 | 4.00 ± 2.83 | 2 |  |" in markdown
+    # The Dense row pools the seeds once each (imp and slim share the dense network): Wilson
+    # over 2 seeds x 4 samples, 4 verified; every timeout is on a correct sample.
+    assert "| Dense |  | 0 | 1.00 ± 0.00 | 81.0 ± 1.4 | 61.0 ± 1.4 | 50.0 ± 0.0 | 21.5–78.5 | " \
+           "50.0–100.0 |  |  | 5.00 ± 2.83 | 2 |  |" in markdown
 
 
 def test_missing_metrics_render_as_a_dash(seeded):
@@ -327,7 +347,7 @@ def test_missing_metrics_render_as_a_dash(seeded):
 
 
 def test_latex_is_booktabs_and_escaped(seeded):
-    from bench.collate.report import latex_escape
+    from bench.collate.render import latex_escape
 
     out, _ = seeded
     tex = (out / "summary" / f"{SLUG}.tex").read_text()
@@ -380,7 +400,7 @@ def test_report_links_resolve_and_carry_provenance(seeded):
 
 
 def test_build_variants_are_not_averaged_as_seeds():
-    from bench.collate.report import make_groups, make_run, summary_rows
+    from bench.collate.aggregate import make_groups, make_run, summary_rows
 
     runs = [make_run(None, fake_manifest("imp", seed, {"prune_rate": rate}), f"imp-{seed}-{rate}")
             for seed in SEEDS for rate in (0.2, 0.5)]
@@ -398,7 +418,7 @@ def test_build_variants_are_not_averaged_as_seeds():
 
 
 def test_eps_text():
-    from bench.collate.report import eps_text
+    from bench.collate.aggregate import eps_text
 
     assert [eps_text(e) for e in (2 / 255, 8 / 255, 0.1, 0.2, 0.05)] == \
         ["2/255", "8/255", "0.1", "0.2", "0.05"]

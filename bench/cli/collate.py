@@ -16,7 +16,7 @@ from bench.errors import BenchError
               type=click.Path(file_okay=False), help="Where tables and plots go.")
 def tables(results_file, out_dir) -> None:
     """Collate verified accuracy, time and memory per level into tables and plots."""
-    from bench.collate.tables import make_tables
+    from bench.collate.report import make_tables
 
     if not Path(results_file).exists():
         raise BenchError(f"no results database at {results_file}; run `bench run` first")
