@@ -422,3 +422,92 @@ def test_eps_text():
 
     assert [eps_text(e) for e in (2 / 255, 8 / 255, 0.1, 0.2, 0.05)] == \
         ["2/255", "8/255", "0.1", "0.2", "0.05"]
+
+
+def test_seeds_are_grouped_by_the_experiment_hash():
+    from bench.collate.aggregate import make_groups, make_run
+
+    def with_experiment(pruner, seed, name, digest, extra=None):
+        manifest = fake_manifest(pruner, seed, extra)
+        manifest["experiment"] = {"name": name, "hash": digest, "seed": seed}
+        return make_run(None, manifest, f"{name}-{seed}")
+
+    # Seeds of one experiment share the hash even where the flat config differs in a field
+    # that is not part of the experiment (the fallback would split them); two experiments of
+    # one name stay apart, labelled with their hash.
+    runs = [with_experiment("imp", 100, "imp-nrs", "aaaa1111bbbb", {"out": "a"}),
+            with_experiment("imp", 200, "imp-nrs", "aaaa1111bbbb", {"note": "x"}),
+            with_experiment("imp", 100, "imp-nrs", "cccc2222dddd"),
+            with_experiment("slim", 100, "slimming", "eeee3333ffff")]
+    groups = make_groups(runs)
+    assert [(g.label, sorted(r.seed for r in g.runs)) for g in groups] == [
+        ("imp-nrs (aaaa1111)", ["100", "200"]), ("imp-nrs (cccc2222)", ["100"]),
+        ("slimming", ["100"])]
+    # Without the hash the same manifests fall back to pruner and build options.
+    fallback = make_groups([make_run(None, fake_manifest("imp", 100, {"note": "x"}), "a"),
+                            make_run(None, fake_manifest("imp", 200, {"note": "x"}), "b")])
+    assert [(g.label, len(g.runs)) for g in fallback] == [("imp", 2)]
+
+
+def test_grouped_configuration_is_read_for_the_setting():
+    from bench.collate.aggregate import make_run, setting_of
+
+    manifest = fake_manifest("imp", 100)
+    manifest["config"] = {"data": {"dataset": "mnist"}, "model": {"model": "cnn4"},
+                          "training": {"training": "crown-ibp"}, "pruning": {"pruner": "imp"}}
+    run = make_run(None, manifest, "imp-100")
+    assert setting_of(run, "milp").title() == "mnist, cnn4, crown-ibp, ε = 2/255, milp"
+    assert run.pruner == "imp" and run.seed == "100"
+
+
+def _level(level, std, comparison=None):
+    from bench.collate.aggregate import LevelStats, Stat
+
+    return LevelStats(level, 1, {"standard_accuracy": Stat(std, None, 1),
+                                 "verified_accuracy": Stat(50.0, None, 1)},
+                      comparison=comparison)
+
+
+def _comparison(gained, lost, p_holm):
+    from bench.collate.aggregate import LevelComparison
+
+    pairs = 100
+    return LevelComparison(1, pairs, gained, lost, 100.0 * (gained - lost) / pairs,
+                           (0.0, 1.0), p_holm, p_holm, 0.5, 10)
+
+
+def test_lottery_ticket_rule():
+    from bench.collate.aggregate import lottery_tickets
+
+    levels = {
+        0: _level(0, 80.0),
+        1: _level(1, 80.0, _comparison(12, 1, 0.01)),  # std ties the dense one: a ticket
+        2: _level(2, 82.0, _comparison(12, 1, 0.05)),  # p_holm = alpha: still significant
+        3: _level(3, 82.0, _comparison(12, 1, 0.051)),  # better, not significantly
+        4: _level(4, 79.9, _comparison(12, 1, 0.001)),  # lower standard accuracy
+        5: _level(5, 85.0, _comparison(1, 12, 0.001)),  # significantly *worse*
+        6: _level(6, 85.0),  # never compared (no paired results)
+    }
+    assert lottery_tickets(levels) == {1, 2}
+    del levels[0]
+    assert lottery_tickets(levels) == set()  # no dense level, no ticket
+
+
+def test_headline_sentences():
+    from bench.collate.aggregate import Group, Setting
+    from bench.collate.report import headline
+
+    setting = Setting("mnist", "cnn", "crown-ibp", 0.1, "milp")
+    group = Group("imp", "imp", False, [])
+    group.levels = {0: _level(0, 80.0), 1: _level(1, 81.0, _comparison(12, 1, 0.01))}
+    group.best = 1
+    text = headline(group, setting)
+    assert text.startswith("**imp** (mnist, cnn, crown-ibp, ε = 0.1, milp): at its best level")
+    assert "Δ +11.0 pp (95% CI 0.0 to +1.0)" in text and "significantly higher" in text
+    assert "Holm-adjusted p = 0.010" in text
+    group.levels[1] = _level(1, 81.0, _comparison(3, 1, 0.6))
+    text = headline(group, setting)
+    assert "no significant difference at 100 paired samples" in text
+    assert "would need about 10 paired samples" in text and "power at 100: 50%" in text
+    group.levels[1] = _level(1, 81.0, None)
+    assert "nothing to compare" in headline(group, setting)

@@ -67,11 +67,11 @@ def number(value) -> float | None:
 def config_value(config: dict, key: str):
     """``config[key]``, or the value under ``key`` in one of its groups (a configuration may
     be flat or grouped, e.g. ``{"data": {"dataset": ...}}``); None when absent."""
-    if key in config:
+    if key in config and not isinstance(config[key], dict):
         return config[key]
-    for value in config.values():
-        if isinstance(value, dict) and key in value:
-            return value[key]
+    for group in config.values():
+        if isinstance(group, dict) and key in group and not isinstance(group[key], dict):
+            return group[key]
     return None
 
 
