@@ -160,8 +160,8 @@ def test_markdown_reports_statuses_and_warnings(tables):
     out, _ = tables
     text = (out / "tiny-bench__crown.md").read_text()
     assert "# tiny-bench: crown" in text and "version 1.2" in text
-    assert "| 1 | 80.0% | 3 | 66.7 | 33.3 | 6.2–79.2 | 33.3–66.7 | 20.67 | 100 | 0 | 1 | 1 | 0 | 1 " \
-           "| 0 | 0 | -33.3 | 0 / 1 | 1.000 | 1.000 |" in text
+    assert "| 1 | 80.0% | 3 | 66.7 | 33.3 | 6.2–79.2 | 33.3–66.7 | 20.67 | 100 | 0 | 1 | 1 | 0 " \
+           "| 1 | 0 | 0 | -33.3 | 0 / 1 | 1.000 | 1.000 |" in text
     assert "| 0 | 100.0% | 3 | 66.7 | 66.7 | 20.8–93.8 | 66.7–66.7 |" in text
     assert "Wilson" in text and "McNemar" in text and "Undecided band" in text
     assert "misclassified" in text and "1 result(s) name files" in text
@@ -190,7 +190,7 @@ def test_moved_benchmark_is_a_user_error(tmp_path: Path, benchmark_root: Path):
         make_tables(db, tmp_path / "out")
 
 
-# --- summaries over seeds, figures and the report (bench/collate/report.py) ----------------------------
+# --- summaries over seeds, figures and the report (aggregate.py, render.py, figures.py) -----
 #
 # Two pruners (imp: unstructured, with every per-level metric; slim: structured, without PGD or
 # instability metrics) x two seeds x three levels, four correctly classified samples each, so

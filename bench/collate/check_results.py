@@ -257,43 +257,29 @@ def format_report(report: Report) -> str:
              "sat is backed by a valid counterexample."
              if report.ok else "**PROBLEMS FOUND**: see below.", ""]
 
-    lines += [f"## Soundness alarms ({len(report.soundness_alarms)})", ""]
-    if not report.soundness_alarms:
-        lines.append("None: no unsat is contradicted by a valid counterexample.")
-    for alarm in report.soundness_alarms:
-        holders = ", ".join(f"{a.verifier} ({a.cex_check})" for a in alarm.counterexample_by)
-        lines.append(f"- **SOUNDNESS ALARM** {alarm.instance}: unsat by "
-                     f"{', '.join(alarm.unsat_by)}, but {holders} found a valid counterexample")
-    lines.append("")
-
-    lines += [f"## Unsat on misclassified samples ({len(report.misclassified_unsats)})", ""]
-    if not report.misclassified_unsats:
-        lines.append("None: no unsat on a sample the model misclassifies.")
-    for item in report.misclassified_unsats:
-        lines.append(f"- **WRONG UNSAT** {item.instance}: unsat by {item.verifier}, but the "
-                     f"model misclassifies sample {item.sample_index} (label {item.label}): "
-                     "the clean input is itself a counterexample")
+    lines += _section("Soundness alarms", report.soundness_alarms,
+                      "None: no unsat is contradicted by a valid counterexample.",
+                      lambda alarm: f"**SOUNDNESS ALARM** {alarm.instance}: unsat by "
+                      f"{', '.join(alarm.unsat_by)}, but "
+                      + ", ".join(f"{a.verifier} ({a.cex_check})" for a in alarm.counterexample_by)
+                      + " found a valid counterexample")
+    lines += _section("Unsat on misclassified samples", report.misclassified_unsats,
+                      "None: no unsat on a sample the model misclassifies.",
+                      lambda item: f"**WRONG UNSAT** {item.instance}: unsat by {item.verifier}, "
+                      f"but the model misclassifies sample {item.sample_index} (label "
+                      f"{item.label}): the clean input is itself a counterexample")
     if report.unchecked_benchmarks:
-        lines += ["", "Not checked against misclassified samples (no readable manifest):"]
-        lines += [f"- {benchmark}: {_short(why)}" for benchmark, why in
-                  report.unchecked_benchmarks]
-    lines.append("")
-
-    lines += [f"## Wrong sat answers ({len(report.wrong_sats)})", ""]
-    if not report.wrong_sats:
-        lines.append("None: no sat with an invalid counterexample contradicts an unsat.")
-    for wrong in report.wrong_sats:
-        lines.append(f"- {wrong.instance}: sat by {wrong.sat.verifier} is wrong (counterexample "
-                     f"{wrong.sat.cex_check or 'missing'}: {_short(wrong.sat.cex_detail)}); "
-                     f"unsat by {', '.join(wrong.unsat_by)}")
-    lines.append("")
-
-    lines += [f"## Sat answers without a valid counterexample ({len(report.unbacked_sats)})", ""]
-    if not report.unbacked_sats:
-        lines.append("None.")
-    for item in report.unbacked_sats:
-        lines.append(f"- {item.instance}: {item.sat.verifier}: {_short(item.problem)}")
-    lines.append("")
+        lines[-1:] = ["", "Not checked against misclassified samples (no readable manifest):",
+                      *(f"- {benchmark}: {_short(why)}"
+                        for benchmark, why in report.unchecked_benchmarks), ""]
+    lines += _section("Wrong sat answers", report.wrong_sats,
+                      "None: no sat with an invalid counterexample contradicts an unsat.",
+                      lambda wrong: f"{wrong.instance}: sat by {wrong.sat.verifier} is wrong "
+                      f"(counterexample {wrong.sat.cex_check or 'missing'}: "
+                      f"{_short(wrong.sat.cex_detail)}); unsat by {', '.join(wrong.unsat_by)}")
+    lines += _section("Sat answers without a valid counterexample", report.unbacked_sats,
+                      "None.", lambda item: f"{item.instance}: {item.sat.verifier}: "
+                                            f"{_short(item.problem)}")
 
     if report.unknown_statuses:
         lines += [f"## Rows with an unknown status ({len(report.unknown_statuses)})", ""]
@@ -312,6 +298,13 @@ def format_report(report: Report) -> str:
         lines.append(f"| {name} | {score.score} | {score.correct} | {score.wrong} | {counts} | "
                      f"{score.total} |")
     return "\n".join(lines) + "\n"
+
+
+def _section(title: str, items: list, none_text: str, describe) -> list[str]:
+    """A Markdown section: a heading with the count, one bullet per item (or ``none_text``),
+    and a blank line."""
+    body = [f"- {describe(item)}" for item in items] or [none_text]
+    return [f"## {title} ({len(items)})", "", *body, ""]
 
 
 def _short(text: str, limit: int = 200) -> str:
