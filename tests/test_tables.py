@@ -503,11 +503,15 @@ def test_headline_sentences():
     group.best = 1
     text = headline(group, setting)
     assert text.startswith("**imp** (mnist, cnn, crown-ibp, ε = 0.1, milp): at its best level")
-    assert "Δ +11.0 pp (95% CI 0.0 to +1.0)" in text and "significantly higher" in text
+    assert "On the same 100 samples (1 seed), Δ = +11.0 pp (95% CI 0.0 to +1.0): " \
+           "significantly higher" in text
     assert "Holm-adjusted p = 0.010" in text
     group.levels[1] = _level(1, 81.0, _comparison(3, 1, 0.6))
     text = headline(group, setting)
-    assert "no significant difference at 100 paired samples" in text
+    assert "no significant difference at 100 samples" in text
     assert "would need about 10 paired samples" in text and "power at 100: 50%" in text
+    assert "have no result yet" not in text
+    group.levels[1].missing = 3
+    assert "3 instance(s) of these two levels have no result yet" in headline(group, setting)
     group.levels[1] = _level(1, 81.0, None)
     assert "nothing to compare" in headline(group, setting)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.collate.aggregate import Group, Setting
+from bench.collate.aggregate import Group, Setting, tried
 from bench.collate.tables import Table
 
 PANELS = (("neuron (structured) pruning", True), ("unstructured pruning", False))
@@ -38,22 +38,32 @@ def _save(figure: Figure, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-def _verified_with_uncertainty(axes: Any, levels: Sequence[int], means: Sequence[float],
-                               intervals: Sequence[tuple[float, float]],
-                               bands: Sequence[tuple[float, float]], color: str, label: str,
-                               legend_extras: bool) -> None:
-    """The verified line, its CI error bars and the shaded undecided band above it."""
+def _band(axes: Any, levels: Sequence[int], bands: Sequence[tuple[float, float]], color: str,
+          legend: bool) -> None:
+    """The undecided band: every undecided instance not robust (bottom) .. robust (top)."""
+    axes.fill_between(levels, [b[0] for b in bands], [b[1] for b in bands], color=color,
+                      alpha=0.15, linewidth=0, label=BAND_LABEL if legend else None)
+
+
+def _verified(axes: Any, levels: Sequence[int], means: Sequence[float],
+              intervals: Sequence[tuple[float, float]], color: str, label: str) -> None:
+    """The verified line with its CI as error bars."""
     means = np.asarray(means, dtype=float)
     low = np.array([i[0] for i in intervals])
     high = np.array([i[1] for i in intervals])
-    axes.fill_between(levels, [b[0] for b in bands], [b[1] for b in bands], color=color,
-                      alpha=0.15, linewidth=0, label=BAND_LABEL if legend_extras else None)
     axes.errorbar(levels, means, yerr=[np.maximum(means - low, 0), np.maximum(high - means, 0)],
                   marker="o", markersize=4, capsize=3, color=color, label=label)
 
 
+def _ci_legend_entry(axes: Any) -> None:
+    """One neutral legend entry saying what the error bars are."""
+    axes.plot([], [], color="gray", marker="_", markersize=10, linestyle="none",
+              label=f"bars: {CI_LABEL}")
+
+
 def plot_benchmark(table: Table, path: Path) -> Path:
-    """Standard and verified accuracy against level for one benchmark and verifier."""
+    """Standard and verified accuracy against level for one benchmark and verifier. Levels
+    without a single result have no verified point, only their (full) undecided band."""
     figure, axes = _new_figure(1, 1, f"{table.benchmark}\n{table.verifier}, "
                                      f"eps = {table.manifest.get('eps')}", 6.4, 4.2)
     ax = axes[0][0]
@@ -61,10 +71,11 @@ def plot_benchmark(table: Table, path: Path) -> Path:
     # Standard accuracy first, so the verified line (the point of the plot) is drawn on top.
     ax.plot(levels, [r.standard_accuracy for r in table.rows], marker="s", linestyle="--",
             color="tab:orange", label="standard accuracy (N samples)")
-    _verified_with_uncertainty(ax, levels, [r.verified_accuracy for r in table.rows],
-                               [r.verified_interval for r in table.rows],
-                               [r.band for r in table.rows], "tab:blue",
-                               f"verified accuracy, {CI_LABEL}", legend_extras=True)
+    _band(ax, levels, [r.band for r in table.rows], "tab:blue", legend=True)
+    answered = [r for r in table.rows if tried(r)]
+    _verified(ax, [r.level for r in answered], [r.verified_accuracy for r in answered],
+              [r.verified_interval for r in answered], "tab:blue", "verified accuracy")
+    _ci_legend_entry(ax)
     ax.set_xticks(levels)
     ax.set_xlabel("pruning level")
     ax.set_ylabel("accuracy (% of samples)")
@@ -115,9 +126,9 @@ def _plot_verified_groups(axes: Any, groups: Sequence[Group], colors: dict[str, 
             continue
         stats = [group.levels[lv] for lv in levels]
         color = colors[group.label]
-        _verified_with_uncertainty(axes, levels, [s.mean("verified_accuracy") for s in stats],
-                                   [s.verified_interval for s in stats], [s.band for s in stats],
-                                   color, group.label, legend_extras=index == 0)
+        _band(axes, levels, [s.band for s in stats], color, legend=index == 0)
+        _verified(axes, levels, [s.mean("verified_accuracy") for s in stats],
+                  [s.verified_interval for s in stats], color, group.label)
         tickets = [lv for lv in levels if lv in group.lottery]
         if tickets:
             axes.scatter(tickets, [group.levels[lv].mean("verified_accuracy") for lv in tickets],
@@ -125,6 +136,8 @@ def _plot_verified_groups(axes: Any, groups: Sequence[Group], colors: dict[str, 
                          zorder=3)
             starred = True
         drawn = True
+    if drawn:
+        _ci_legend_entry(axes)
     if starred:
         # One neutral legend entry, after the pruners, for the stars of every colour.
         axes.scatter([], [], marker="*", s=180, facecolor="white", edgecolors="black",
@@ -153,9 +166,9 @@ def plot_verified(setting: Setting, groups: Sequence[Group], colors: dict[str, s
                   path: Path) -> Path:
     """Fig. 3 / 8: verified accuracy against level, one panel per pruning kind present."""
     panels = [(t, s) for t, s in reversed(PANELS) if any(_in_panel(g, s) for g in groups)]
-    figure, axes = _new_figure(1, len(panels), f"Verified accuracy vs pruning level "
-                                               f"({CI_LABEL}, shaded: {BAND_LABEL})\n"
-                                               f"{setting.title()}")
+    figure, axes = _new_figure(1, len(panels), f"Verified accuracy vs pruning level\n"
+                                               f"{setting.title()}",
+                               width=6.4 if len(panels) == 1 else 5.2)
     for ax, (title, structured) in zip(axes[0], panels):
         members = [g for g in groups if _in_panel(g, structured)]
         drawn = _plot_verified_groups(ax, members, colors)

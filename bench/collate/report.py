@@ -158,23 +158,29 @@ def headline(group: Group, setting: Setting) -> str:
                                      f" ({100 * remain:.0f} % of the weights left)")
     seeds = f"{c.seeds} seed{'s' if c.seeds != 1 else ''}"
     low, high = c.interval
-    effect = (f"verified accuracy {best.mean('verified_accuracy'):.1f} % vs "
-              f"{dense.mean('verified_accuracy'):.1f} % dense, Δ {signed(c.difference)} pp "
-              f"({render.CONFIDENCE_TEXT} CI {signed(low)} to {signed(high)})")
     tests = f"McNemar p = {p_text(c.p_value)}, Holm-adjusted p = {p_text(c.p_holm)}"
+    text = (f"{name}: at its best level, {where}, verified accuracy "
+            f"{best.mean('verified_accuracy'):.1f} % vs {dense.mean('verified_accuracy'):.1f} % "
+            f"dense. On the same {c.pairs} samples ({seeds}), Δ = {signed(c.difference)} pp "
+            f"({render.CONFIDENCE_TEXT} CI {signed(low)} to {signed(high)}): ")
     if c.significant:
-        direction = "higher" if c.difference > 0 else "lower"
-        return (f"{name}: at its best level, {where}, {effect}: significantly {direction} "
-                f"than the dense model on {c.pairs} paired samples ({seeds}; {tests}).")
-    text = (f"{name}: at its best level, {where}, {effect}: no significant difference at "
-            f"{c.pairs} paired samples ({seeds}; {tests}).")
-    if c.needed is None:
-        return text + " The two levels verify equally many of these samples: there is no " \
-                      "observed difference to detect."
-    return text + (f" Detecting a difference of {signed(c.difference)} pp with "
-                   f"{stats.POWER:.0%} power at alpha {stats.ALPHA} would need about "
-                   f"{c.needed} paired samples (McNemar, Connor 1987; power at "
-                   f"{c.pairs}: {c.power:.0%}).")
+        text += (f"significantly {'higher' if c.difference > 0 else 'lower'} than the dense "
+                 f"model ({tests}).")
+    else:
+        text += f"no significant difference at {c.pairs} samples ({tests})."
+        if c.needed is None:
+            text += " Both levels verify equally many of them: there is no observed " \
+                    "difference to detect."
+        else:
+            text += (f" Detecting a difference of {signed(c.difference)} pp with "
+                     f"{stats.POWER:.0%} power at alpha {stats.ALPHA} would need about "
+                     f"{c.needed} paired samples (McNemar, Connor 1987; power at {c.pairs}: "
+                     f"{c.power:.0%}).")
+    missing = best.missing + dense.missing
+    if missing:
+        text += (f" {missing} instance(s) of these two levels have no result yet; the "
+                 "comparison uses only samples answered at both.")
+    return text
 
 
 # --- the page ---------------------------------------------------------------------------------
