@@ -138,6 +138,9 @@ def test_verified_accuracy_counts_only_unsat_on_correct_samples(tables):
     assert milp0["verified_accuracy"] == milp1["verified_accuracy"] == "0.0"
     assert (milp0["sat"], milp0["error"], milp0["missing"]) == ("1", "1", "1")
     assert milp1["missing"] == "3" and milp1["mean_time_s"] == milp1["peak_memory_mb"] == ""
+    # No result at all: no interval, but the whole band of correctly classified samples.
+    assert milp1["verified_ci_low"] == milp1["verified_ci_high"] == ""
+    assert (milp1["band_low"], milp1["band_high"]) == ("0.0", "66.67")
 
 
 def test_csv_content(tables):

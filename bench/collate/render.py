@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from bench.collate import stats
 from bench.collate.aggregate import Group, LevelComparison, LevelStats, Setting, Stat, \
-    SummaryRow, PROVENANCE
+    SummaryRow, PROVENANCE, tried
 from bench.collate.tables import STATUSES, LevelRow, Table
 from bench.run.results import describe_provenance
 
@@ -188,7 +188,8 @@ def _level_numbers(row: LevelRow) -> dict[str, Any]:
         "samples": row.samples,
         "standard_accuracy": round(row.standard_accuracy, 2),
         "verified_accuracy": round(row.verified_accuracy, 2),
-        "verified_ci": tuple(round(v, 2) for v in row.verified_interval),
+        # No interval for a level without a single result: there is nothing to estimate yet.
+        "verified_ci": tuple(round(v, 2) for v in row.verified_interval) if tried(row) else None,
         "band": tuple(round(v, 2) for v in row.band),
         "mean_time_s": None if row.mean_time_s is None else round(row.mean_time_s, 3),
         "peak_memory_mb": None if row.peak_memory_mb is None else round(row.peak_memory_mb, 1),
