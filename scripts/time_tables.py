@@ -1,4 +1,4 @@
-"""Time ``bench.collate.tables.make_tables`` on a results database.
+"""Time ``bench.collate.report.make_tables`` (``bench tables``) on a results database.
 
     .venv/bin/python scripts/time_tables.py results/results.db [--out DIR]
     .venv/bin/python scripts/time_tables.py --synthetic 10x5x17x200 [--verifiers 1]
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.run.results import ResultsDB
-from bench.collate.tables import make_tables
+from bench.collate.report import make_tables
 
 PRUNERS = ("imp", "snip", "taylor", "hydra", "hydra+nrs", "imp+rs", "imp+nrs", "random",
            "struct-lth", "slim")
@@ -71,6 +71,7 @@ def synthetic(base: Path, pruners: int, seeds: int, levels: int, samples: int,
                     "created": "2026-01-01T00:00:00+00:00",
                     "config": {"dataset": "cifar10", "model": "cnn7", "training": "crown-ibp",
                                "pruner": pruner, "eps": 2 / 255, "seed": seed},
+                    "experiment": {"name": pruner, "hash": f"synthetic-{pruner}", "seed": seed},
                     "dataset": {"name": "cifar10"}, "eps": 2 / 255, "timeout": 300.0,
                     "models": models, "instances": instances,
                     "files": {"onnx/level_00.onnx": f"dense-{seed}"},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -133,3 +134,76 @@ def test_missing_database_is_a_bench_error(tmp_path):
     with pytest.raises(BenchError, match="no results database"):
         check_results(tmp_path / "nothing.db")
     assert not (tmp_path / "nothing.db").exists()
+
+
+def _benchmark_folder(root, correct: dict[str, bool]):
+    """A folder with just a manifest: one model, one instance per property, ``correct`` as
+    given (the check reads nothing else)."""
+    root.mkdir()
+    instances = [{"onnx": "net.onnx", "vnnlib": vnnlib, "timeout": 60.0, "level": 0,
+                  "sample_index": index, "label": 3, "correct": ok}
+                 for index, (vnnlib, ok) in enumerate(correct.items())]
+    (root / "manifest.json").write_text(json.dumps({"format_version": 1, "instances": instances,
+                                                    "models": [{"level": 0,
+                                                                "onnx": "net.onnx"}]}))
+    return root
+
+
+def test_unsat_on_a_misclassified_sample_is_wrong_with_a_single_verifier(tmp_path):
+    root = _benchmark_folder(tmp_path / "bench", {"p1.vnnlib": True, "p2.vnnlib": False,
+                                                  "p3.vnnlib": False})
+    path = tmp_path / "results.db"
+    with ResultsDB(path) as db:
+        for vnnlib, status in (("p1.vnnlib", "unsat"), ("p2.vnnlib", "unsat"),
+                               ("p3.vnnlib", "timeout")):
+            db.record({**_record("milp", vnnlib, status).to_dict(), "root": str(root)})
+    report = check_results(path)
+    assert not report.ok and not report.soundness_alarms
+    assert [(w.instance.vnnlib, w.verifier, w.sample_index, w.label)
+            for w in report.misclassified_unsats] == [("p2.vnnlib", "milp", 1, 3)]
+    milp = report.scores["milp"]
+    # p1 correct unsat +10, p2 unsat on a misclassified sample -150, p3 timeout 0
+    assert (milp.correct, milp.wrong, milp.score) == (1, 1, 10 - 150)
+    text = format_report(report)
+    assert "**PROBLEMS FOUND**" in text and "Unsat on misclassified samples (1)" in text
+    assert "**WRONG UNSAT** b: net.onnx + p2.vnnlib: unsat by milp, but the model " \
+           "misclassifies sample 1 (label 3)" in text
+    assert report.unchecked_benchmarks == []
+
+
+def test_benchmarks_without_a_manifest_are_listed_as_unchecked(db_path):
+    report = check_results(db_path)
+    assert [b for b, _ in report.unchecked_benchmarks] == ["b", "other"]
+    assert "Not checked against misclassified samples" in format_report(report)
+
+
+def test_checking_never_writes_to_the_database(tmp_path):
+    # An older database: fewer columns than ResultsDB creates today, no WAL. Opening it with
+    # ResultsDB would add columns; the check must leave every byte as it was.
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE results (benchmark TEXT, root TEXT, onnx TEXT, vnnlib TEXT, "
+                     "verifier TEXT, status TEXT, started_at TEXT, UNIQUE (benchmark, onnx, "
+                     "vnnlib, verifier))")
+        conn.execute("INSERT INTO results VALUES ('b', '/nowhere', 'net.onnx', 'p.vnnlib', "
+                     "'milp', 'unsat', '2026-01-01')")
+    conn.close()
+    before = path.read_bytes()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    report = check_results(path)
+    assert report.results == 1 and report.scores["milp"].correct == 1
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_cli_exits_1_on_a_wrong_unsat(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    root = _benchmark_folder(tmp_path / "bench", {"p.vnnlib": False})
+    path = tmp_path / "results.db"
+    with ResultsDB(path) as db:
+        db.record({**_record("milp", "p.vnnlib", "unsat").to_dict(), "root": str(root)})
+    result = CliRunner().invoke(main, ["check-results", "--results", str(path)])
+    assert result.exit_code == 1 and "WRONG UNSAT" in result.output

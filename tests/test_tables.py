@@ -14,7 +14,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.build.export import ExportedModel, write_benchmark
-from bench.collate.tables import make_tables
+from bench.collate.report import make_tables
 
 SCHEMA = """
 CREATE TABLE results (
@@ -138,15 +138,24 @@ def test_verified_accuracy_counts_only_unsat_on_correct_samples(tables):
     assert milp0["verified_accuracy"] == milp1["verified_accuracy"] == "0.0"
     assert (milp0["sat"], milp0["error"], milp0["missing"]) == ("1", "1", "1")
     assert milp1["missing"] == "3" and milp1["mean_time_s"] == milp1["peak_memory_mb"] == ""
+    # No result at all: no interval, but the whole band of correctly classified samples.
+    assert milp1["verified_ci_low"] == milp1["verified_ci_high"] == ""
+    assert (milp1["band_low"], milp1["band_high"]) == ("0.0", "66.67")
 
 
 def test_csv_content(tables):
     out, _ = tables
     assert (out / "tiny-bench__crown.csv").read_text() == (
-        "level,remain_ratio,samples,standard_accuracy,verified_accuracy,mean_time_s,"
-        "peak_memory_mb,sat,unsat,timeout,unknown,error,missing,unsat_misclassified\n"
-        "0,1.0,3,66.67,66.67,4.0,250.0,0,3,0,0,0,0,1\n"
-        "1,0.8,3,66.67,33.33,20.667,100.0,0,1,1,0,1,0,0\n"
+        "level,remain_ratio,samples,standard_accuracy,verified_accuracy,verified_ci_low,"
+        "verified_ci_high,band_low,band_high,mean_time_s,"
+        "peak_memory_mb,sat,unsat,timeout,unknown,error,missing,unsat_misclassified,"
+        "pairs,delta_pp,gained,lost,p_value,p_holm\n"
+        # Wilson 2/3 = [20.77, 93.85]; nothing undecided; level 0 is not compared with itself.
+        "0,1.0,3,66.67,66.67,20.77,93.85,66.67,66.67,4.0,250.0,0,3,0,0,0,0,1,,,,,,\n"
+        # The timeout on a correct sample widens the band; the error on the misclassified one
+        # does not. Sample 1 was verified at level 0 only: one pair lost, McNemar p = 1.
+        "1,0.8,3,66.67,33.33,6.15,79.23,33.33,66.67,20.667,100.0,0,1,1,0,1,0,0,"
+        "3,-33.33,0,1,1.0,1.0\n"
     )
 
 
@@ -154,7 +163,10 @@ def test_markdown_reports_statuses_and_warnings(tables):
     out, _ = tables
     text = (out / "tiny-bench__crown.md").read_text()
     assert "# tiny-bench: crown" in text and "version 1.2" in text
-    assert "| 1 | 80.0% | 3 | 66.7 | 33.3 | 20.67 | 100 | 0 | 1 | 1 | 0 | 1 | 0 | 0 |" in text
+    assert "| 1 | 80.0% | 3 | 66.7 | 33.3 | 6.2–79.2 | 33.3–66.7 | 20.67 | 100 | 0 | 1 | 1 | 0 " \
+           "| 1 | 0 | 0 | -33.3 | 0 / 1 | 1.000 | 1.000 |" in text
+    assert "| 0 | 100.0% | 3 | 66.7 | 66.7 | 20.8–93.8 | 66.7–66.7 |" in text
+    assert "Wilson" in text and "McNemar" in text and "Undecided band" in text
     assert "misclassified" in text and "1 result(s) name files" in text
 
 
@@ -181,7 +193,7 @@ def test_moved_benchmark_is_a_user_error(tmp_path: Path, benchmark_root: Path):
         make_tables(db, tmp_path / "out")
 
 
-# --- summaries over seeds, figures and the report (bench/collate/report.py) ----------------------------
+# --- summaries over seeds, figures and the report (aggregate.py, render.py, figures.py) -----
 #
 # Two pruners (imp: unstructured, with every per-level metric; slim: structured, without PGD or
 # instability metrics) x two seeds x three levels, four correctly classified samples each, so
@@ -297,20 +309,31 @@ def test_best_level_breaks_ties_towards_the_sparser_level(seeded):
     assert [levels[("imp", lv)]["best"] for lv in "012"] == ["False", "True", "False"]
 
 
-def test_certified_lottery_tickets(seeded):
+def test_certified_lottery_tickets_need_a_significant_improvement(seeded):
     out, _ = seeded
     levels = {(r["method"], r["level"]): r for r in
               read_csv(out / "levels" / f"{SLUG}.csv")}
-    # Dense: std 81 %, ver 50 %. imp level 2 verifies more but its std is 79 %: no ticket.
-    # slim level 2 has exactly the dense std (81 %): a match counts.
-    tickets = {key for key, row in levels.items() if row["lottery_ticket"] == "True"}
-    assert tickets == {("imp", "1"), ("slim", "1"), ("slim", "2")}
+    # Dense: std 81 %, ver 50 %. imp level 1 verifies 3 more samples than its dense level and
+    # none fewer (seed 100: sample 2; seed 200: samples 2, 3), and its std is higher, yet three
+    # discordant pairs cannot show a difference: McNemar p = 2 / 2^3 = 0.25, Holm over imp's
+    # two pruned levels 0.5. No star anywhere at 4 samples x 2 seeds.
+    imp1 = levels[("imp", "1")]
+    assert (imp1["pairs"], imp1["gained"], imp1["lost"]) == ("8", "3", "0")
+    assert (imp1["delta_pp"], imp1["p_value"], imp1["p_holm"]) == ("37.5", "0.25", "0.5")
+    assert imp1["pairs_for_80_power"] == "19"  # Connor: (1.96·√.375 + .84·√(.375-.375²))²/.375²
+    assert float(imp1["delta_ci_low"]) <= 37.5 <= float(imp1["delta_ci_high"])
+    assert not {key for key, row in levels.items() if row["lottery_ticket"] == "True"}
+    assert levels[("imp", "0")]["p_value"] == ""  # the dense level is not compared with itself
     rows = read_summary(out)
-    assert (rows["Dense"]["lottery_ticket"], rows["imp"]["lottery_ticket"]) == ("False", "True")
+    assert (rows["Dense"]["lottery_ticket"], rows["imp"]["lottery_ticket"]) == ("False", "False")
     markdown = (out / "summary" / f"{SLUG}.md").read_text()
     assert "| imp | unstructured | 1 | 0.80 ± 0.00 | 84.0 ± 1.4 | 65.5 ± 0.7 | 87.5 ± 17.7 | " \
-           "4.00 ± 2.83 | 2 | ★ |" in markdown
-    assert "| Dense |  | 0 | 1.00 ± 0.00 | 81.0 ± 1.4 | 61.0 ± 1.4 | 50.0 ± 0.0 |" in markdown
+           "52.9–97.8 | 87.5–100.0 | +37.5 [" in markdown
+    assert "| 0.500 | 4.00 ± 2.83 | 2 |  |" in markdown
+    # The Dense row pools the seeds once each (imp and slim share the dense network): Wilson
+    # over 2 seeds x 4 samples, 4 verified; every timeout is on a correct sample.
+    assert "| Dense |  | 0 | 1.00 ± 0.00 | 81.0 ± 1.4 | 61.0 ± 1.4 | 50.0 ± 0.0 | 21.5–78.5 | " \
+           "50.0–100.0 |  |  | 5.00 ± 2.83 | 2 |  |" in markdown
 
 
 def test_missing_metrics_render_as_a_dash(seeded):
@@ -327,7 +350,7 @@ def test_missing_metrics_render_as_a_dash(seeded):
 
 
 def test_latex_is_booktabs_and_escaped(seeded):
-    from bench.collate.report import latex_escape
+    from bench.collate.render import latex_escape
 
     out, _ = seeded
     tex = (out / "summary" / f"{SLUG}.tex").read_text()
@@ -380,7 +403,7 @@ def test_report_links_resolve_and_carry_provenance(seeded):
 
 
 def test_build_variants_are_not_averaged_as_seeds():
-    from bench.collate.report import make_groups, make_run, summary_rows
+    from bench.collate.aggregate import make_groups, make_run, summary_rows
 
     runs = [make_run(None, fake_manifest("imp", seed, {"prune_rate": rate}), f"imp-{seed}-{rate}")
             for seed in SEEDS for rate in (0.2, 0.5)]
@@ -398,7 +421,100 @@ def test_build_variants_are_not_averaged_as_seeds():
 
 
 def test_eps_text():
-    from bench.collate.report import eps_text
+    from bench.collate.aggregate import eps_text
 
     assert [eps_text(e) for e in (2 / 255, 8 / 255, 0.1, 0.2, 0.05)] == \
         ["2/255", "8/255", "0.1", "0.2", "0.05"]
+
+
+def test_seeds_are_grouped_by_the_experiment_hash():
+    from bench.collate.aggregate import make_groups, make_run
+
+    def with_experiment(pruner, seed, name, digest, extra=None):
+        manifest = fake_manifest(pruner, seed, extra)
+        manifest["experiment"] = {"name": name, "hash": digest, "seed": seed}
+        return make_run(None, manifest, f"{name}-{seed}")
+
+    # Seeds of one experiment share the hash even where the flat config differs in a field
+    # that is not part of the experiment (the fallback would split them); two experiments of
+    # one name stay apart, labelled with their hash.
+    runs = [with_experiment("imp", 100, "imp-nrs", "aaaa1111bbbb", {"out": "a"}),
+            with_experiment("imp", 200, "imp-nrs", "aaaa1111bbbb", {"note": "x"}),
+            with_experiment("imp", 100, "imp-nrs", "cccc2222dddd"),
+            with_experiment("slim", 100, "slimming", "eeee3333ffff")]
+    groups = make_groups(runs)
+    assert [(g.label, sorted(r.seed for r in g.runs)) for g in groups] == [
+        ("imp-nrs (aaaa1111)", ["100", "200"]), ("imp-nrs (cccc2222)", ["100"]),
+        ("slimming", ["100"])]
+    # Without the hash the same manifests fall back to pruner and build options.
+    fallback = make_groups([make_run(None, fake_manifest("imp", 100, {"note": "x"}), "a"),
+                            make_run(None, fake_manifest("imp", 200, {"note": "x"}), "b")])
+    assert [(g.label, len(g.runs)) for g in fallback] == [("imp", 2)]
+
+
+def test_grouped_configuration_is_read_for_the_setting():
+    from bench.collate.aggregate import make_run, setting_of
+
+    manifest = fake_manifest("imp", 100)
+    manifest["config"] = {"data": {"dataset": "mnist"}, "model": {"model": "cnn4"},
+                          "training": {"training": "crown-ibp"}, "pruning": {"pruner": "imp"}}
+    run = make_run(None, manifest, "imp-100")
+    assert setting_of(run, "milp").title() == "mnist, cnn4, crown-ibp, ε = 2/255, milp"
+    assert run.pruner == "imp" and run.seed == "100"
+
+
+def _level(level, std, comparison=None):
+    from bench.collate.aggregate import LevelStats, Stat
+
+    return LevelStats(level, 1, {"standard_accuracy": Stat(std, None, 1),
+                                 "verified_accuracy": Stat(50.0, None, 1)},
+                      comparison=comparison)
+
+
+def _comparison(gained, lost, p_holm):
+    from bench.collate.aggregate import LevelComparison
+
+    pairs = 100
+    return LevelComparison(1, pairs, gained, lost, 100.0 * (gained - lost) / pairs,
+                           (0.0, 1.0), p_holm, p_holm, 0.5, 10)
+
+
+def test_lottery_ticket_rule():
+    from bench.collate.aggregate import lottery_tickets
+
+    levels = {
+        0: _level(0, 80.0),
+        1: _level(1, 80.0, _comparison(12, 1, 0.01)),  # std ties the dense one: a ticket
+        2: _level(2, 82.0, _comparison(12, 1, 0.05)),  # p_holm = alpha: still significant
+        3: _level(3, 82.0, _comparison(12, 1, 0.051)),  # better, not significantly
+        4: _level(4, 79.9, _comparison(12, 1, 0.001)),  # lower standard accuracy
+        5: _level(5, 85.0, _comparison(1, 12, 0.001)),  # significantly *worse*
+        6: _level(6, 85.0),  # never compared (no paired results)
+    }
+    assert lottery_tickets(levels) == {1, 2}
+    del levels[0]
+    assert lottery_tickets(levels) == set()  # no dense level, no ticket
+
+
+def test_headline_sentences():
+    from bench.collate.aggregate import Group, Setting
+    from bench.collate.report import headline
+
+    setting = Setting("mnist", "cnn", "crown-ibp", 0.1, "milp")
+    group = Group("imp", "imp", False, [])
+    group.levels = {0: _level(0, 80.0), 1: _level(1, 81.0, _comparison(12, 1, 0.01))}
+    group.best = 1
+    text = headline(group, setting)
+    assert text.startswith("**imp** (mnist, cnn, crown-ibp, ε = 0.1, milp): at its best level")
+    assert "On the same 100 samples (1 seed), Δ = +11.0 pp (95% CI 0.0 to +1.0): " \
+           "significantly higher" in text
+    assert "Holm-adjusted p = 0.010" in text
+    group.levels[1] = _level(1, 81.0, _comparison(3, 1, 0.6))
+    text = headline(group, setting)
+    assert "no significant difference at 100 samples" in text
+    assert "would need about 10 paired samples" in text and "power at 100: 50%" in text
+    assert "have no result yet" not in text
+    group.levels[1].missing = 3
+    assert "3 instance(s) of these two levels have no result yet" in headline(group, setting)
+    group.levels[1] = _level(1, 81.0, None)
+    assert "nothing to compare" in headline(group, setting)

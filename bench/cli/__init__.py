@@ -41,6 +41,7 @@ def _register() -> None:
     for command in (build.build_instances, run.run, run.results, run.merge, collate.tables,
                     collate.check_results, verifiers.verifiers, share.check, share.pack):
         main.add_command(command)
+    run.results.add_command(collate.export)
 
 
 _register()

@@ -16,7 +16,7 @@ from bench.errors import BenchError
               type=click.Path(file_okay=False), help="Where tables and plots go.")
 def tables(results_file, out_dir) -> None:
     """Collate verified accuracy, time and memory per level into tables and plots."""
-    from bench.collate.tables import make_tables
+    from bench.collate.report import make_tables
 
     if not Path(results_file).exists():
         raise BenchError(f"no results database at {results_file}; run `bench run` first")
@@ -30,11 +30,29 @@ def tables(results_file, out_dir) -> None:
               type=click.Path(dir_okay=False), help="SQLite results database.")
 def check_results(results_file) -> None:
     """Cross-check verifiers run on the same instances: soundness alarms (unsat where another
-    verifier holds a valid counterexample), sat answers without a valid counterexample, and
-    VNN-COMP style scores. Exits 1 when something is wrong."""
+    verifier holds a valid counterexample), unsat on samples the model misclassifies, sat
+    answers without a valid counterexample, and VNN-COMP style scores. Only reads the
+    database. Exits 1 when something is wrong."""
     from bench.collate.check_results import check_results as check, format_report
 
     report = check(Path(results_file))
     click.echo(format_report(report))
     if not report.ok:
         sys.exit(1)
+
+
+@click.command("export")
+@click.option("--results", "results_file", default="results/results.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite results database.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True, help="File format.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="The file to write (replaced if it exists).")
+def export(results_file, fmt, out_file) -> None:
+    """One row per instance and verifier: benchmark, experiment, seed, level, sample, label,
+    correct, status, verified, decided_by, times, memory, provenance, and every per-instance,
+    per-sample and per-level field the manifests hold, for analysis in a notebook."""
+    from bench.collate.export import export_results
+
+    rows = export_results(Path(results_file), Path(out_file), fmt)
+    click.echo(f"wrote {rows} rows to {out_file}")

@@ -6,15 +6,22 @@ that ran on it. A counterexample is *valid* when the harness's check accepted it
 
 * **Soundness alarm**: one verifier says ``unsat`` while another holds a valid counterexample.
   The ``unsat`` is wrong (or the model and the checker disagree): the worst possible finding.
+* **Unsat on a misclassified sample**: the benchmark's manifest says the model misclassifies
+  the clean sample (``correct: false``), so the clean input itself lies in the region and
+  violates the property: an ``unsat`` there is wrong, even with no second verifier in the
+  database. Instances whose benchmark has no readable manifest cannot be checked this way;
+  the report lists those benchmarks.
 * **Wrong sat**: ``sat`` with an invalid counterexample against an ``unsat`` of another verifier.
 * **Unbacked sat**: any ``sat`` without a valid counterexample (none reported, an invalid one, or
   one the checker could not run on); listed whether or not another verifier contradicts it.
 * **Scores**, VNN-COMP style: +10 for a correct answer (``sat`` with a valid counterexample, or
   ``unsat`` that no valid counterexample contradicts), -150 for a wrong one (``sat`` without a
-  valid counterexample, or ``unsat`` where any verifier holds a valid one), 0 for ``timeout``,
+  valid counterexample, ``unsat`` where any verifier holds a valid one, or ``unsat`` on a
+  misclassified sample), 0 for ``timeout``,
   ``unknown`` and ``error``. Statuses are counted as they are: errors stay errors.
 
 ``check_results(path)`` builds a ``Report``; ``format_report(report)`` renders it as Markdown.
+The database is only read (``bench.run.results.read_rows``): checking never changes it.
 """
 from __future__ import annotations
 
@@ -22,8 +29,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.collate.tables import find_manifest, instance_key
 from bench.errors import BenchError
-from bench.run.results import ResultsDB
+from bench.run.results import read_rows
 from bench.verifiers.base import Status
 
 VALID_CEX = ("correct", "correct_up_to_tolerance")
@@ -64,6 +72,16 @@ class SoundnessAlarm:
     instance: InstanceKey
     unsat_by: list[str]
     counterexample_by: list[Answer]
+
+
+@dataclass
+class MisclassifiedUnsat:
+    """``unsat`` on a sample the model misclassifies: its clean input is a counterexample."""
+
+    instance: InstanceKey
+    verifier: str
+    sample_index: int | None
+    label: int | None
 
 
 @dataclass
@@ -115,15 +133,21 @@ class Report:
     results: int  # rows
     verifiers: list[str]
     soundness_alarms: list[SoundnessAlarm]
+    misclassified_unsats: list[MisclassifiedUnsat]
     wrong_sats: list[WrongSat]
     unbacked_sats: list[UnbackedSat]
     scores: dict[str, VerifierScore]
     unknown_statuses: list[tuple[InstanceKey, str, str]]  # rows whose status is not a Status
+    # Benchmarks whose manifest could not be read: their unsats were not checked against the
+    # misclassified samples (benchmark, why).
+    unchecked_benchmarks: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """No soundness alarm, no sat without a valid counterexample, no unreadable status."""
-        return not (self.soundness_alarms or self.unbacked_sats or self.unknown_statuses)
+        """No soundness alarm, no unsat on a misclassified sample, no sat without a valid
+        counterexample, no unreadable status."""
+        return not (self.soundness_alarms or self.misclassified_unsats or self.unbacked_sats
+                    or self.unknown_statuses)
 
     def to_dict(self) -> dict:
         """Plain data (for JSON); scores carry their computed ``score``."""
@@ -139,8 +163,8 @@ def check_results(results_path: str | Path) -> Report:
     path = Path(results_path)
     if not path.is_file():
         raise BenchError(f"no results database at {path}; run `bench run` first")
-    with ResultsDB(path) as db:
-        rows = db.rows()
+    rows = read_rows(path)
+    misclassified, unchecked = _misclassified_instances(rows)
 
     by_instance: dict[InstanceKey, list[Answer]] = defaultdict(list)
     unknown_statuses: list[tuple[InstanceKey, str, str]] = []
@@ -155,6 +179,7 @@ def check_results(results_path: str | Path) -> Report:
     verifiers = sorted({row["verifier"] for row in rows})
     scores = {name: VerifierScore(name) for name in verifiers}
     alarms: list[SoundnessAlarm] = []
+    wrong_unsats: list[MisclassifiedUnsat] = []
     wrong_sats: list[WrongSat] = []
     unbacked: list[UnbackedSat] = []
     for key in sorted(by_instance, key=lambda k: (k.benchmark, k.onnx, k.vnnlib)):
@@ -175,13 +200,52 @@ def check_results(results_path: str | Path) -> Report:
                     if unsat_by:
                         wrong_sats.append(WrongSat(key, answer, unsat_by))
             elif answer.status == Status.UNSAT.value:
-                if backed:
+                sample = misclassified.get(key)
+                if sample is not None:
+                    wrong_unsats.append(MisclassifiedUnsat(key, answer.verifier,
+                                                           sample.get("sample_index"),
+                                                           sample.get("label")))
+                if backed or sample is not None:
                     score.wrong += 1
                 else:
                     score.correct += 1
     return Report(results_path=str(path), instances=len(by_instance), results=len(rows),
-                  verifiers=verifiers, soundness_alarms=alarms, wrong_sats=wrong_sats,
-                  unbacked_sats=unbacked, scores=scores, unknown_statuses=unknown_statuses)
+                  verifiers=verifiers, soundness_alarms=alarms,
+                  misclassified_unsats=wrong_unsats, wrong_sats=wrong_sats,
+                  unbacked_sats=unbacked, scores=scores, unknown_statuses=unknown_statuses,
+                  unchecked_benchmarks=unchecked)
+
+
+def _misclassified_instances(rows: list[dict]
+                             ) -> tuple[dict[InstanceKey, dict], list[tuple[str, str]]]:
+    """The instances whose manifest marks the sample as misclassified (``correct`` false), and
+    the benchmarks whose manifest could not be read (with why)."""
+    by_benchmark: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_benchmark[row["benchmark"]].append(row)
+    misclassified: dict[InstanceKey, dict] = {}
+    unchecked: list[tuple[str, str]] = []
+    for benchmark, members in sorted(by_benchmark.items()):
+        try:
+            found = find_manifest(members)
+        except BenchError as err:
+            unchecked.append((benchmark, str(err)))
+            continue
+        if found is None:
+            unchecked.append((benchmark, "no manifest.json in the folder the results name"))
+            continue
+        instances = found[1].get("instances")
+        if not isinstance(instances, list):
+            unchecked.append((benchmark, f"{found[0]}: the manifest lists no instances"))
+            continue
+        wrong = {instance_key(i["onnx"], i["vnnlib"]): i for i in instances
+                 if isinstance(i, dict) and i.get("correct") is False
+                 and isinstance(i.get("onnx"), str) and isinstance(i.get("vnnlib"), str)}
+        for row in members:
+            sample = wrong.get(instance_key(row["onnx"], row["vnnlib"]))
+            if sample is not None:
+                misclassified[InstanceKey(benchmark, row["onnx"], row["vnnlib"])] = sample
+    return misclassified, unchecked
 
 
 def format_report(report: Report) -> str:
@@ -189,33 +253,33 @@ def format_report(report: Report) -> str:
     lines = [f"# Trust check of {report.results_path}", "",
              f"{report.instances} instances, {report.results} results, "
              f"{len(report.verifiers)} verifiers ({', '.join(report.verifiers) or 'none'}).",
-             "", "**OK**: no soundness alarm and every sat is backed by a valid counterexample."
+             "", "**OK**: no soundness alarm, no unsat on a misclassified sample, and every "
+             "sat is backed by a valid counterexample."
              if report.ok else "**PROBLEMS FOUND**: see below.", ""]
 
-    lines += [f"## Soundness alarms ({len(report.soundness_alarms)})", ""]
-    if not report.soundness_alarms:
-        lines.append("None: no unsat is contradicted by a valid counterexample.")
-    for alarm in report.soundness_alarms:
-        holders = ", ".join(f"{a.verifier} ({a.cex_check})" for a in alarm.counterexample_by)
-        lines.append(f"- **SOUNDNESS ALARM** {alarm.instance}: unsat by "
-                     f"{', '.join(alarm.unsat_by)}, but {holders} found a valid counterexample")
-    lines.append("")
-
-    lines += [f"## Wrong sat answers ({len(report.wrong_sats)})", ""]
-    if not report.wrong_sats:
-        lines.append("None: no sat with an invalid counterexample contradicts an unsat.")
-    for wrong in report.wrong_sats:
-        lines.append(f"- {wrong.instance}: sat by {wrong.sat.verifier} is wrong (counterexample "
-                     f"{wrong.sat.cex_check or 'missing'}: {_short(wrong.sat.cex_detail)}); "
-                     f"unsat by {', '.join(wrong.unsat_by)}")
-    lines.append("")
-
-    lines += [f"## Sat answers without a valid counterexample ({len(report.unbacked_sats)})", ""]
-    if not report.unbacked_sats:
-        lines.append("None.")
-    for item in report.unbacked_sats:
-        lines.append(f"- {item.instance}: {item.sat.verifier}: {_short(item.problem)}")
-    lines.append("")
+    lines += _section("Soundness alarms", report.soundness_alarms,
+                      "None: no unsat is contradicted by a valid counterexample.",
+                      lambda alarm: f"**SOUNDNESS ALARM** {alarm.instance}: unsat by "
+                      f"{', '.join(alarm.unsat_by)}, but "
+                      + ", ".join(f"{a.verifier} ({a.cex_check})" for a in alarm.counterexample_by)
+                      + " found a valid counterexample")
+    lines += _section("Unsat on misclassified samples", report.misclassified_unsats,
+                      "None: no unsat on a sample the model misclassifies.",
+                      lambda item: f"**WRONG UNSAT** {item.instance}: unsat by {item.verifier}, "
+                      f"but the model misclassifies sample {item.sample_index} (label "
+                      f"{item.label}): the clean input is itself a counterexample")
+    if report.unchecked_benchmarks:
+        lines[-1:] = ["", "Not checked against misclassified samples (no readable manifest):",
+                      *(f"- {benchmark}: {_short(why)}"
+                        for benchmark, why in report.unchecked_benchmarks), ""]
+    lines += _section("Wrong sat answers", report.wrong_sats,
+                      "None: no sat with an invalid counterexample contradicts an unsat.",
+                      lambda wrong: f"{wrong.instance}: sat by {wrong.sat.verifier} is wrong "
+                      f"(counterexample {wrong.sat.cex_check or 'missing'}: "
+                      f"{_short(wrong.sat.cex_detail)}); unsat by {', '.join(wrong.unsat_by)}")
+    lines += _section("Sat answers without a valid counterexample", report.unbacked_sats,
+                      "None.", lambda item: f"{item.instance}: {item.sat.verifier}: "
+                                            f"{_short(item.problem)}")
 
     if report.unknown_statuses:
         lines += [f"## Rows with an unknown status ({len(report.unknown_statuses)})", ""]
@@ -234,6 +298,13 @@ def format_report(report: Report) -> str:
         lines.append(f"| {name} | {score.score} | {score.correct} | {score.wrong} | {counts} | "
                      f"{score.total} |")
     return "\n".join(lines) + "\n"
+
+
+def _section(title: str, items: list, none_text: str, describe) -> list[str]:
+    """A Markdown section: a heading with the count, one bullet per item (or ``none_text``),
+    and a blank line."""
+    body = [f"- {describe(item)}" for item in items] or [none_text]
+    return [f"## {title} ({len(items)})", "", *body, ""]
 
 
 def _short(text: str, limit: int = 200) -> str:

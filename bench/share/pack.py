@@ -354,12 +354,6 @@ def verified_accuracy_from_db(results_path: str | Path, benchmark_name: str,
     """Verified accuracy in percent per level, as ``bench tables`` computes it (unsat on a
     correctly classified sample), for levels whose every instance has a result; levels with
     missing results are left out (unknown, not zero)."""
-    from bench.collate.tables import _build_table, _read_results
+    from bench.collate.tables import verified_accuracy
 
-    rows = [r for r in _read_results(Path(results_path))
-            if r["benchmark"] == benchmark_name and r["verifier"] == verifier]
-    if not rows:
-        raise BenchError(f"{results_path} has no results of {verifier} on {benchmark_name}; "
-                         "run `bench run` first")
-    table = _build_table(benchmark_name, verifier, rows)
-    return {row.level: row.verified_accuracy for row in table.rows if row.missing == 0}
+    return verified_accuracy(results_path, benchmark_name, verifier)
