@@ -77,7 +77,8 @@ def _generated(folder: Path) -> dict[str, bytes]:
 def test_layout_and_gzipped_files_are_the_originals(source, packed):
     manifest = load_manifest(source)
     assert sorted(p.relative_to(packed).as_posix() for p in packed.rglob("*") if p.is_file()) \
-        == sorted(["README.md", "data/pool.npz", "generate_properties.py", "instances.csv"]
+        == sorted(["README.md", "data/pool.npz", "generate_properties.py", "instances.csv",
+                   "manifest.json"]
                   + [f"{m['onnx']}.gz" for m in manifest["models"]]
                   + [f"{p['vnnlib']}.gz" for p in manifest["properties"]])
     files = [m["onnx"] for m in manifest["models"]] + [p["vnnlib"] for p in manifest["properties"]]
@@ -100,7 +101,7 @@ def test_generate_properties_imports_only_numpy_and_the_standard_library(packed)
             modules |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             modules.add((node.module or "").split(".")[0])
-    assert modules <= {"__future__", "csv", "io", "sys", "pathlib", "numpy"}
+    assert modules <= {"__future__", "csv", "hashlib", "io", "json", "sys", "pathlib", "numpy"}
 
 
 def test_generate_properties_is_deterministic_and_seeded(packed, tmp_path):
