@@ -66,8 +66,9 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
     (``bench.formats.vnnlib2``), same file names. The manifest records which.
 
     ``dataset_info`` holds name, test_order, mean, std, input_shape and num_classes. Raises
-    ``BenchError`` for an eps or timeout that ``bench.formats.rules`` refuses, RuntimeError when an ONNX file disagrees with its torch model by ``max_abs_diff`` or more:
-    that is a bug in the export, not something the user can fix."""
+    ``BenchError`` for an eps or timeout that ``bench.formats.rules`` refuses, RuntimeError when
+    an ONNX file disagrees with its torch model by ``max_abs_diff`` or more: that is a bug in the
+    export, not something the user can fix."""
     root = Path(root)
     # The rules every command applies (a user's config may carry them): refused before any file
     # is written.
