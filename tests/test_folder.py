@@ -330,3 +330,16 @@ def test_instance_paths_default_to_the_listed_files(tmp_path):
     instance = Instance("b", tmp_path, "a.onnx", "p.vnnlib", 60)
     assert (instance.onnx_path, instance.vnnlib_path) == (tmp_path / "a.onnx",
                                                           tmp_path / "p.vnnlib")
+
+
+def test_two_folders_of_one_benchmark_must_hold_the_same_files(tmp_path):
+    from bench.formats.folder import read_benchmarks
+
+    original = write_tiny_benchmark(tmp_path / "a" / "tiny")
+    copy = shutil.copytree(original, tmp_path / "b" / "tiny-copy")
+    both = read_benchmarks([original, copy])
+    assert len(both) == 2 * len(read_instances(original))
+    with open(copy / "vnnlib" / "sample_0000.vnnlib", "a") as handle:
+        handle.write("; changed\n")
+    with pytest.raises(BenchError, match="both hold benchmark 'tiny' but their files differ"):
+        read_benchmarks([original, copy])

@@ -24,7 +24,13 @@ one set of rules:
 - The benchmark hash: ``content_hash`` of ``instances.csv`` and every file it lists, as stored
   (the ``.gz`` where the folder holds ``X.gz``): the sha256 of the ``sha256sum`` listing
   ``"<sha256 of the file>  <relative path>\\n"`` of those files, sorted by path. The same files
-  give the same hash in any folder, ours or foreign; computing it reads each file once.
+  give the same hash in any folder, ours or foreign; computing it reads each file once (which
+  also proves it readable). Our manifest records it (``benchmark_hash``) and ``bench check``
+  verifies the record against the manifest's ``files`` table. ``read_benchmarks`` refuses two
+  folders that hold one benchmark name with different content.
+- Compressed files are inflated only within ``Limits`` (``read_limited`` in memory, ``inflate``,
+  ``plain_copy`` and ``materialize`` to disk): a gzip bomb is refused after the limit, never
+  inflated further.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ import re
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from bench.errors import BenchError
 from bench.formats.rules import parse_eps, parse_timeout
@@ -420,6 +426,26 @@ def read_instances(folder: str | Path, limits: Limits | None = None) -> list[Ins
                      onnx_file=row.onnx.path if row.onnx.compressed else None,
                      vnnlib_file=row.vnnlib.path if row.vnnlib.compressed else None)
             for row in listing.rows]
+
+
+def read_benchmarks(folders: Iterable[str | Path], limits: Limits | None = None
+                    ) -> list[Instance]:
+    """The instances of several benchmark folders (``read_instances`` each). Two folders that
+    hold the same benchmark (its name) are fine when they hold the same content (a copy: the
+    same instances, which a runner keeps once); with different content they are refused, since
+    their results would be recorded under one name."""
+    instances: list[Instance] = []
+    seen: dict[str, tuple[str, Path]] = {}
+    for folder in folders:
+        found = read_instances(folder, limits)
+        name, digest, root = found[0].benchmark, found[0].benchmark_hash, found[0].root
+        if name in seen and seen[name][0] != digest:
+            raise BenchError(f"{seen[name][1]} and {root} both hold benchmark {name!r} but their "
+                             "files differ; run one of them, or rename one (its manifest's "
+                             "'benchmark') if both are wanted")
+        seen.setdefault(name, (digest, root))
+        instances += found
+    return instances
 
 
 def refusal(root: Path, problems: list[FolderProblem]) -> str:

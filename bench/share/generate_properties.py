@@ -189,6 +189,8 @@ def update_manifest(root: Path, seed: int, pool: dict, models: list[str], chosen
     if not path.is_file():
         return
     manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
+        return  # not bench's: nothing of it describes what was just written
     levels = {str(m["onnx"]): m["level"] for m in manifest["models"]}
     samples = [(rel, int(pool["index"][pos]), int(pool["y"][pos]), int(pos))
                for rel, pos in zip(written, chosen)]
@@ -199,16 +201,17 @@ def update_manifest(root: Path, seed: int, pool: dict, models: list[str], chosen
          "level": levels[model], "sample_index": index, "label": label,
          "correct": bool(pool["correct"][number, pos])}
         for number, model in enumerate(models) for rel, index, label, pos in samples]
+    # Only what this script wrote is hashed anew: the models keep the hashes they were shipped
+    # with, so that a model changed since is still caught.
     files = {rel: digest for rel, digest in manifest["files"].items()
              if not rel.startswith("vnnlib/")}
-    # Models are listed by their plain names and shipped as .gz.
-    stored = [m if (root / m).is_file() else m + ".gz" for m in models]
-    listed = {"instances.csv", *written, *stored}
-    for rel in listed:
-        if rel not in files or rel == "instances.csv" or rel in written:
-            files[rel] = sha256(root / rel)
+    for rel in ["instances.csv", *written]:
+        files[rel] = sha256(root / rel)
     manifest["files"] = dict(sorted(files.items()))
-    lines = "".join(f"{files[rel]}  {rel}\n" for rel in sorted(listed))
+    # Models are listed by their plain names and shipped as .gz.
+    stored = [m + ".gz" if m + ".gz" in files else m for m in models]
+    listed = {"instances.csv", *written, *stored}
+    lines = "".join(f"{files.get(rel, '')}  {rel}\n" for rel in sorted(listed))
     manifest["benchmark_hash"] = hashlib.sha256(lines.encode("utf-8")).hexdigest()
     manifest.setdefault("packed", {})["seed"] = seed
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8", newline="")
