@@ -174,3 +174,12 @@ def test_default_property_limit_is_refused_before_parsing(tmp_path):
         handle.truncate(limit + 1)  # sparse: costs no disk
     with pytest.raises(BenchError, match=f"more than the limit of {limit}"):
         read_vnnlib(path)
+
+
+def test_long_malformed_numbers_are_refused_in_one_pass():
+    """A million digits that do not end as a number: an ambiguous pattern would backtrack over
+    them quadratically (10^12 steps); the reader's numerals match one way only."""
+    digits = "1" * 1_000_000
+    for tail in ("x", ".5e", "e+"):
+        with pytest.raises(BenchError, match="unexpected VNN-LIB token"):
+            parse_vnnlib(DECLARE_2_IN_2_OUT + f"(assert (<= X_0 {digits}{tail}))")

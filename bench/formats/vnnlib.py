@@ -66,7 +66,9 @@ MAX_VALUES = 1 << 24  # numbers in the boxes and output matrices built (128 MiB 
 MAX_DEPTH = 64
 
 _NAME = r"[^\s();]+"
-_NUMERAL = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+# Each part of a numeral matches one way only: an ambiguous pattern (``[0-9]+\.?[0-9]*``)
+# backtracks quadratically over a long run of digits that fails to end well.
+_NUMERAL = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _SCAN = re.compile(
     # (assert (<= X_12 0.5)): most of a property, read without building any list
     rf"(?P<bound>\(\s*assert\s*\(\s*(?P<op>[<>]=)\s+X_(?P<input>[0-9]{{1,9}})\s+"
