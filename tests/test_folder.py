@@ -15,9 +15,10 @@ from bench.build.export import write_benchmark
 from bench.cli import main
 from bench.errors import BenchError
 from bench.formats import folder as folder_module
-from bench.formats.folder import (INSTANCES, MANIFEST, Instance, Limits, benchmark_name,
-                                  content_hash, format_timeout, load_manifest, materialize,
-                                  plain_copy, read_instances, read_listing, sha256_file)
+from bench.formats.folder import (INSTANCES, MANIFEST, FileProblem, Instance, Limits,
+                                  benchmark_name, content_hash, format_timeout, load_manifest,
+                                  materialize, plain_copy, read_instances, read_listing,
+                                  sha256_file)
 from bench.run.runner import run_benchmarks, shard_instances
 from bench.share.check import check_benchmark
 
@@ -251,6 +252,7 @@ def test_materialize_refuses_a_gzip_bomb_without_inflating_it(foreign, tmp_path)
     with pytest.raises(BenchError, match="decompresses to more than the limit of 1048576") as info:
         materialize(instance, tmp_path / "cache", Limits(vnnlib_bytes=1 << 20))
     assert str(bomb) in str(info.value)
+    assert isinstance(info.value, FileProblem)  # what the runner records as the row's error
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing left
     with pytest.raises(BenchError, match="not a valid gzip file|truncated"):
         bad = foreign / "broken.vnnlib.gz"

@@ -156,8 +156,9 @@ def check_name(name: Any, where: str) -> str:
 
 # --- reading files within limits --------------------------------------------------------------
 
-class FileProblem(Exception):
-    """A file cannot be used; the message says why (becomes an error Problem)."""
+class FileProblem(BenchError):
+    """A file cannot be used; the message says why. ``bench check`` reports it as an error of
+    that file; elsewhere it is a ``BenchError`` like any other (one line, no traceback)."""
 
 def read_limited(path: Path, limit: int) -> bytes:
     """The content of ``path``, decompressed when it ends in ``.gz``, refusing more than
@@ -633,7 +634,8 @@ def _first_line(err: BaseException) -> str:
 def inflate(path: Path, target: Path, limit: int) -> Path:
     """Write the decompressed content of the ``.gz`` file ``path`` to ``target`` (atomically:
     a temporary file renamed over it), inflating no further than ``limit`` bytes. Raises
-    ``BenchError`` (naming the file) for a gzip bomb, a broken or an unreadable file."""
+    ``FileProblem`` (a ``BenchError`` naming the file) for a gzip bomb, a broken or an
+    unreadable file, and leaves nothing behind."""
     path, target = Path(path), Path(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
@@ -644,9 +646,9 @@ def inflate(path: Path, target: Path, limit: int) -> Path:
                 out.write(block)
         os.replace(tmp, target)
     except FileProblem as err:
-        raise BenchError(f"{path}: {err}; `bench check` the benchmark") from None
+        raise FileProblem(f"{path}: {err}; `bench check` the benchmark") from None
     except OSError as err:
-        raise BenchError(f"cannot decompress {path}: {err.strerror or err}") from None
+        raise FileProblem(f"cannot decompress {path}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -655,14 +657,14 @@ def inflate(path: Path, target: Path, limit: int) -> Path:
 def plain_copy(path: Path, cache_dir: Path, limit: int) -> Path:
     """``path`` itself, or for ``X.gz`` an uncompressed copy in ``cache_dir``, named by the
     sha256 of the compressed file (so it is made once and never mistaken for another), inflated
-    no further than ``limit`` bytes. Raises ``BenchError`` as ``inflate`` does."""
+    no further than ``limit`` bytes. Raises ``FileProblem`` as ``inflate`` does."""
     path = Path(path)
     if not path.name.endswith(".gz"):
         return path
     try:
         digest = sha256_file(path)
     except OSError as err:
-        raise BenchError(f"cannot read {path}: {err.strerror or err}") from None
+        raise FileProblem(f"cannot read {path}: {err.strerror or err}") from None
     target = Path(cache_dir) / digest[:2] / f"{digest}-{path.name[:-3]}"
     return target if target.is_file() else inflate(path, target, limit)
 
@@ -670,7 +672,8 @@ def plain_copy(path: Path, cache_dir: Path, limit: int) -> Path:
 def materialize(instance: Instance, cache_dir: Path, limits: Limits | None = None) -> Instance:
     """The instance with plain (uncompressed) files for the tools, which read neither ``.gz``
     ONNX nor ``.gz`` VNN-LIB; its identity (benchmark, onnx, vnnlib as listed) is unchanged.
-    Raises ``BenchError`` as ``plain_copy`` does; never inflates past ``limits``."""
+    Raises ``FileProblem`` (a ``BenchError`` naming the file) as ``plain_copy`` does; never
+    inflates past ``limits``."""
     limits = limits or Limits()
     return replace(instance,
                    onnx_file=plain_copy(instance.onnx_path, cache_dir, limits.onnx_bytes),
