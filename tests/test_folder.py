@@ -345,3 +345,28 @@ def test_two_folders_of_one_benchmark_must_hold_the_same_files(tmp_path):
         handle.write("; changed\n")
     with pytest.raises(BenchError, match="both hold benchmark 'tiny' but their files differ"):
         read_benchmarks([original, copy])
+
+
+def test_vnncomp_tools_never_get_a_gzip_bomb_inflated(tmp_path):
+    """A .vnnlib.gz that inflates past the property limit (64 MiB) is refused before the tool
+    starts, and nothing near that size is written."""
+    import gzip
+
+    from bench.formats.folder import Instance
+    from bench.verifiers.vnncomp import VnnComp
+
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "run_instance.sh").write_text("#!/bin/bash\necho unsat > \"$5\"\n")
+    root = tmp_path / "bench"
+    root.mkdir()
+    (root / "net.onnx").write_bytes(b"model")
+    (root / "prop.vnnlib.gz").write_bytes(gzip.compress(b"\0" * ((64 << 20) + 1), 1))
+    instance = Instance("bench", root, "net.onnx", "prop.vnnlib", 60,
+                        vnnlib_file=root / "prop.vnnlib.gz")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with pytest.raises(BenchError, match="decompresses to more than the limit of 67108864"):
+        VnnComp(tool_dir=str(tool)).command(instance, workdir)
+    written = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
+    assert written == 0
