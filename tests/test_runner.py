@@ -36,7 +36,7 @@ def test_read_instances(benchmark):
     ("a.onnx,b.vnnlib,60\na.onnx,b.vnnlib\n", 2, "expected 'onnx,vnnlib,timeout'"),
     ("a.onnx,b.vnnlib,60,extra\n", 1, "expected 'onnx,vnnlib,timeout'"),
     ("a.onnx,b.vnnlib,soon\n", 1, "is not a number"),
-    ("\na.onnx,b.vnnlib,-1\n", 2, "must be positive"),
+    ("\na.onnx,b.vnnlib,-1\n", 2, "must be a finite number of seconds above 0"),
     (",b.vnnlib,60\n", 1, "expected 'onnx,vnnlib,timeout'"),
 ])
 def test_malformed_instances_csv(benchmark, content, line, message):

@@ -37,8 +37,8 @@ def parse_timeout(value: Any, where: str = "") -> float:
     timeout = _number(value, "timeout", where)
     if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT_S:
         shown = str(value)[:40]
-        raise BenchError(f"{prefix}timeout must be positive, finite and at most "
-                         f"{MAX_TIMEOUT_S:.0f} s (one week), got {shown!r}")
+        raise BenchError(f"{prefix}timeout must be a finite number of seconds above 0 and at most "
+                         f"{MAX_TIMEOUT_S:.0f} (one week), got {shown!r}")
     return timeout
 
 
