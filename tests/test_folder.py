@@ -371,3 +371,15 @@ def test_vnncomp_tools_never_get_a_gzip_bomb_inflated(tmp_path):
         VnnComp(tool_dir=str(tool)).command(instance, workdir)
     written = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
     assert written == 0
+
+
+def test_a_manifest_without_name_or_files_loads_but_fails_the_check(ours):
+    manifest = json.loads((ours / MANIFEST).read_text())
+    del manifest["benchmark"], manifest["files"]
+    (ours / MANIFEST).write_text(json.dumps(manifest))
+    assert load_manifest(ours)["instances"]  # collation reads what it has
+    assert benchmark_name(ours) == "tiny-benchmark"  # the folder's name
+    messages = sorted(p.message for p in check_benchmark(ours) if p.path == MANIFEST)
+    assert messages == [
+        "has no 'benchmark' (the benchmark's name); rebuild it with `bench build-instances`",
+        "has no 'files' table of sha256 hashes; rebuild it with `bench build-instances`"]

@@ -38,13 +38,12 @@ def check(folder) -> None:
 def pack(src, dest, seed, results_file, verifier) -> None:
     """Turn a benchmark into a folder ready for VNN-COMP (gzipped onnx/ and vnnlib/,
     instances.csv, generate_properties.py, README), with the 6-hour cap enforced."""
-    from bench.formats.folder import load_manifest
+    from bench.formats.folder import benchmark_name
     from bench.share.pack import pack_benchmark, verified_accuracy_from_db
 
     verified = None
     if results_file:
         # Results are recorded under the benchmark's name, whatever its folder is called now.
-        name = load_manifest(Path(src))["benchmark"]
-        verified = verified_accuracy_from_db(results_file, name, verifier)
+        verified = verified_accuracy_from_db(results_file, benchmark_name(src), verifier)
     out = pack_benchmark(Path(src), Path(dest), seed=seed, verified=verified)
     click.echo(f"packed benchmark written to {out}")

@@ -546,14 +546,15 @@ def load_manifest(root: Path, limits: Limits | None = None) -> dict:
 
 
 def check_manifest(manifest: dict, where: str) -> dict:
-    """``manifest`` if its fields obey the rules (a name, a 'files' table, timeouts and eps by
-    ``bench.formats.rules``); else ``BenchError``. Fields an older manifest lacks are not
-    required, except the name and the files."""
-    check_name(manifest.get("benchmark"), where)
-    files = manifest.get("files")
+    """``manifest`` if the fields it has obey the rules (the name, the 'files' table, timeouts
+    and eps by ``bench.formats.rules``); else ``BenchError``. Fields it lacks are left to the
+    readers that need them (``manifest_problems`` requires the name and the files)."""
+    if "benchmark" in manifest:
+        check_name(manifest["benchmark"], where)
+    files = manifest.get("files", {})
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                               for k, v in files.items()):
-        raise BenchError(f"{where}: has no 'files' table of sha256 hashes; {REBUILD}")
+        raise BenchError(f"{where}: 'files' is not a table of sha256 hashes; {REBUILD}")
     if "timeout" in manifest:
         parse_timeout(manifest["timeout"], f"{where}, 'timeout'")
     if "eps" in manifest:
@@ -570,9 +571,10 @@ def check_manifest(manifest: dict, where: str) -> dict:
 
 
 def benchmark_name(root: str | Path, limits: Limits | None = None) -> str:
-    """The benchmark's name: its manifest's for our folders, the folder's name otherwise."""
-    manifest = read_manifest(Path(root), limits)
-    return manifest["benchmark"] if manifest else Path(root).resolve().name
+    """The benchmark's name: its manifest's for our folders, the folder's name otherwise (and
+    for a manifest that names none)."""
+    manifest = read_manifest(Path(root), limits) or {}
+    return manifest.get("benchmark") or Path(root).resolve().name
 
 
 def verify_manifest(root: Path, limits: Limits | None = None) -> list[str]:
@@ -596,7 +598,11 @@ def manifest_problems(root: Path, manifest: dict, listing: Listing) -> list[Fold
     itself are not repeated."""
     problems = []
     reported = {p.path for p in listing.problems}
-    files = manifest["files"]
+    for field_name, what in (("benchmark", "'benchmark' (the benchmark's name)"),
+                             ("files", "'files' table of sha256 hashes")):
+        if field_name not in manifest:
+            problems.append(FolderProblem(MANIFEST, f"has no {what}; {REBUILD}"))
+    files = manifest.get("files", {})
     for rel, expected in files.items():
         try:
             path = safe_join(root, rel)  # never hash a file outside the folder
@@ -609,7 +615,7 @@ def manifest_problems(root: Path, manifest: dict, listing: Listing) -> list[Fold
             problems.append(FolderProblem(rel, "missing"))
         elif sha256_file(path) != expected:
             problems.append(FolderProblem(rel, "sha256 differs from the manifest (file changed)"))
-    if INSTANCES not in files:
+    if "files" in manifest and INSTANCES not in files:
         problems.append(FolderProblem(MANIFEST, f"'files' has no sha256 of {INSTANCES}"))
     if not listing.problems:
         rows = [(row.onnx.listed, row.vnnlib.listed, row.timeout) for row in listing.rows]
@@ -619,7 +625,7 @@ def manifest_problems(root: Path, manifest: dict, listing: Listing) -> list[Fold
             problems.append(FolderProblem(INSTANCES, "rows differ from the manifest's instances"))
         recorded = manifest.get("benchmark_hash")
         own = {rel: files.get(rel, "") for rel in listing.files()}
-        if recorded is not None and recorded != content_hash(own):
+        if recorded is not None and "files" in manifest and recorded != content_hash(own):
             problems.append(FolderProblem(MANIFEST, "'benchmark_hash' is not the hash of its "
                                                     f"files; {REBUILD}"))
     return problems
