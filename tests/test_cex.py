@@ -134,3 +134,27 @@ def test_broken_benchmark_files_raise(identity, tmp_path):
         check_counterexample(tmp_path / "missing.onnx", PROP, [0.0, 0.0])
     with pytest.raises(BenchError, match="declares 5 inputs"):
         check_counterexample(onnx_path, PROP, [0.5, 0.5])
+
+
+def test_hostile_property_raises_instead_of_reading_the_wrong_input(identity, tmp_path):
+    """X_-1 once read the last input; now the property is refused (the harness records the
+    check as failed, never the counterexample as valid)."""
+    onnx_path, _ = identity
+    vnnlib_path = tmp_path / "negative.vnnlib"
+    vnnlib_path.write_text(
+        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
+        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+        "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
+        "(assert (>= X_-1 0))\n(assert (<= X_-1 1))\n"
+        "(assert (>= Y_0 Y_1))\n")
+    with pytest.raises(BenchError, match="X_-1"):
+        check_counterexample(onnx_path, vnnlib_path, [0.5, 0.5])
+
+
+def test_gzipped_model_and_property(identity, tmp_path):
+    import gzip
+
+    for path in identity:
+        Path(f"{path}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    onnx_gz, vnnlib_gz = (Path(f"{path}.gz") for path in identity)
+    assert check_counterexample(onnx_gz, vnnlib_gz, [0.75, 0.5]).outcome == "correct"

@@ -169,7 +169,8 @@ def test_missing_file_and_bad_rows(ours):
                   "just one field")
     messages = sorted(f"{p.path}: {p.message}" for p in check_benchmark(ours))
     assert messages == [
-        "instances.csv: line 2: timeout must be a positive number, got '-5'",
+        "instances.csv: line 2: timeout must be a finite number of seconds above 0 and at most "
+        "604800 (one week), got '-5'",
         "instances.csv: line 3: expected 'onnx,vnnlib,timeout', got 'just one field'",
         "vnnlib/nope.vnnlib: missing (listed in instances.csv, line 1)",
     ]

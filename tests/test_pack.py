@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from bench.share.check import check_benchmark
 from bench.config import make_config
@@ -77,7 +78,8 @@ def _generated(folder: Path) -> dict[str, bytes]:
 def test_layout_and_gzipped_files_are_the_originals(source, packed):
     manifest = load_manifest(source)
     assert sorted(p.relative_to(packed).as_posix() for p in packed.rglob("*") if p.is_file()) \
-        == sorted(["README.md", "data/pool.npz", "generate_properties.py", "instances.csv"]
+        == sorted(["README.md", "data/pool.npz", "generate_properties.py", "instances.csv",
+                   "manifest.json"]
                   + [f"{m['onnx']}.gz" for m in manifest["models"]]
                   + [f"{p['vnnlib']}.gz" for p in manifest["properties"]])
     files = [m["onnx"] for m in manifest["models"]] + [p["vnnlib"] for p in manifest["properties"]]
@@ -100,7 +102,7 @@ def test_generate_properties_imports_only_numpy_and_the_standard_library(packed)
             modules |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             modules.add((node.module or "").split(".")[0])
-    assert modules <= {"__future__", "csv", "io", "sys", "pathlib", "numpy"}
+    assert modules <= {"__future__", "csv", "hashlib", "io", "json", "sys", "pathlib", "numpy"}
 
 
 def test_generate_properties_is_deterministic_and_seeded(packed, tmp_path):
@@ -246,3 +248,129 @@ def test_pack_a_vnnlib_2_benchmark(config, source, tmp_path):
         for path in (folder / "vnnlib").iterdir():
             assert is_vnnlib2(gzip.decompress(path.read_bytes()).decode())
     assert "VNN-LIB 2.0 properties" in (seeded / "README.md").read_text()
+
+
+# --- checksums, identity, running the packed folder ---------------------------------------------
+
+def _regzip(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out,
+                                                mtime=0) as packed:
+        packed.write(data)
+
+
+def test_packed_folder_has_checksums_of_every_file(source, packed):
+    manifest = load_manifest(packed)
+    shipped = sorted(p.relative_to(packed).as_posix() for p in packed.rglob("*")
+                     if p.is_file() and p.name != "manifest.json")
+    assert sorted(manifest["files"]) == shipped
+    assert manifest["benchmark"] == load_manifest(source)["benchmark"]
+    assert manifest["packed"]["seed"] is None
+    assert manifest["packed"]["source_benchmark_hash"] == load_manifest(source)["benchmark_hash"]
+    assert [(i["onnx"], i["vnnlib"]) for i in manifest["instances"]] == \
+        [tuple(row[:2]) for row in _rows(packed)]
+
+
+def test_widened_bound_inside_a_gz_fails_the_check(packed, tmp_path):
+    folder = shutil.copytree(packed, tmp_path / "widened")
+    path = folder / "vnnlib" / "sample_0001.vnnlib.gz"
+    text = gzip.decompress(path.read_bytes()).decode()
+    line = next(line for line in text.splitlines() if line.startswith("(assert (<= X_0 "))
+    _regzip(path, text.replace(line, "(assert (<= X_0 1.0))").encode())  # still a valid file
+    problems = check_benchmark(folder)
+    assert [(p.severity, p.path) for p in problems] == [("error", "vnnlib/sample_0001.vnnlib.gz")]
+    assert "sha256" in problems[0].message
+
+
+def test_model_copied_over_another_fails_the_check(packed, tmp_path):
+    folder = shutil.copytree(packed, tmp_path / "swapped")
+    shutil.copyfile(folder / "onnx" / "level_00.onnx.gz", folder / "onnx" / "level_01.onnx.gz")
+    problems = check_benchmark(folder)
+    assert [(p.severity, p.path) for p in problems] == [("error", "onnx/level_01.onnx.gz")]
+
+
+def test_rerunning_the_script_keeps_the_manifest_true(packed, tmp_path):
+    folder = shutil.copytree(packed, tmp_path / "rerun")
+    assert _run_script(folder, 11, tmp_path).returncode == 0
+    manifest = load_manifest(folder)
+    assert manifest["packed"]["seed"] == 11
+    assert [[i["onnx"], i["vnnlib"], "300"] for i in manifest["instances"]] == _rows(folder)
+    pool = np.load(folder / "data" / "pool.npz", allow_pickle=False)
+    for inst in manifest["instances"]:
+        position = int(np.flatnonzero(pool["index"] == inst["sample_index"])[0])
+        assert inst["label"] == int(pool["y"][position]) and inst["correct"] is True
+    assert check_benchmark(folder) == []
+    # The script's benchmark hash is bench's.
+    from bench.formats.folder import read_listing
+
+    assert manifest["benchmark_hash"] == read_listing(folder).benchmark_hash
+
+
+def test_packed_folder_keeps_the_benchmark_name_under_any_folder_name(source, packed, tmp_path):
+    from bench.formats.folder import read_instances
+
+    unpacked = shutil.copytree(packed, tmp_path / "downloaded-from-somewhere")
+    instances = read_instances(unpacked)
+    assert {i.benchmark for i in instances} == {source.name}
+    assert {i.benchmark_hash for i in instances} == {load_manifest(packed)["benchmark_hash"]}
+    # Listed as after gunzip; read from the .gz.
+    assert all(i.onnx_path.name.endswith(".onnx.gz") and i.vnnlib_path.name.endswith(
+        ".vnnlib.gz") for i in instances)
+    assert [(i.onnx, i.vnnlib) for i in instances] == [tuple(r[:2]) for r in _rows(packed)]
+
+
+def test_bench_run_runs_a_packed_folder_like_its_source(source, packed, tmp_path):
+    """The packed folder, renamed as a download would be, runs under the same keys as the folder
+    it was packed from, and its tool reads plain files (the fake tool reads the property as
+    text: a .gz would be an error)."""
+    import fake_verifier as fv
+    from bench.run.results import read_rows
+    from bench.run.runner import run_benchmarks
+
+    unpacked = shutil.copytree(packed, tmp_path / "unpacked")
+    answers = {}
+    for name, folder in (("source", source), ("packed", unpacked)):
+        db = tmp_path / f"{name}.db"
+        summary = run_benchmarks([folder], fv.NAME, db, progress=False)
+        assert summary.counts == {"unsat": 8}, summary
+        answers[name] = {(r["benchmark"], r["onnx"], r["vnnlib"]): r["status"]
+                         for r in read_rows(db)}
+    assert answers["packed"] == answers["source"]
+    assert {key[0] for key in answers["packed"]} == {source.name}
+
+
+def test_pack_takes_verified_accuracy_by_the_benchmark_name(source, tmp_path):
+    from bench.cli import main
+
+    manifest = load_manifest(source)
+    renamed = shutil.copytree(source, tmp_path / "renamed-source")
+    db_path = tmp_path / "results.db"
+    empty = {name: None for name in COLUMNS}
+    with ResultsDB(db_path) as db:
+        for inst in manifest["instances"]:
+            db.record({**empty, "benchmark": manifest["benchmark"], "root": str(source),
+                       "onnx": inst["onnx"], "vnnlib": inst["vnnlib"], "verifier": "milp",
+                       "status": "unsat", "started_at": "2026-01-01T00:00:00"})
+    result = CliRunner().invoke(main, ["pack", str(renamed), "--out", str(tmp_path / "out"),
+                                       "--results", str(db_path)])
+    assert result.exit_code == 0, result.output
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "| n/a |" not in readme  # every level's verified accuracy was found
+
+
+def test_pack_defaults_to_the_trusted_verifier():
+    from bench.cli.share import pack
+
+    (option,) = [p for p in pack.params if p.name == "verifier"]
+    assert option.default == "milp"
+
+
+def test_pack_refuses_a_manifest_with_an_infinite_timeout(source, tmp_path):
+    import json
+
+    copy = shutil.copytree(source, tmp_path / "inf")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["timeout"] = 1e308 * 10
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BenchError, match="timeout must be a finite number of seconds") as info:
+        pack_benchmark(copy, tmp_path / "out")
+    assert len(str(info.value)) < 400

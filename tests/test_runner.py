@@ -36,7 +36,7 @@ def test_read_instances(benchmark):
     ("a.onnx,b.vnnlib,60\na.onnx,b.vnnlib\n", 2, "expected 'onnx,vnnlib,timeout'"),
     ("a.onnx,b.vnnlib,60,extra\n", 1, "expected 'onnx,vnnlib,timeout'"),
     ("a.onnx,b.vnnlib,soon\n", 1, "is not a number"),
-    ("\na.onnx,b.vnnlib,-1\n", 2, "must be positive"),
+    ("\na.onnx,b.vnnlib,-1\n", 2, "must be a finite number of seconds above 0"),
     (",b.vnnlib,60\n", 1, "expected 'onnx,vnnlib,timeout'"),
 ])
 def test_malformed_instances_csv(benchmark, content, line, message):
@@ -87,8 +87,10 @@ def test_run_then_rerun_skips(benchmark, tmp_path):
 @pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
 def test_errors_are_retried_and_one_failure_does_not_stop_the_run(benchmark, tmp_path):
     results = tmp_path / "results.sqlite"
+    # A model the tool cannot load (a missing one is refused before any tool starts).
+    (benchmark / "broken.onnx").write_bytes(b"not a model")
     (benchmark / "instances.csv").write_text(
-        "missing.onnx,test_prop.vnnlib,30\ntest_unsat.onnx,test_prop.vnnlib,30\n")
+        "broken.onnx,test_prop.vnnlib,30\ntest_unsat.onnx,test_prop.vnnlib,30\n")
     summary = run_benchmarks([benchmark], "marabou", results, progress=False,
                              log_dir=tmp_path / "logs")
     assert summary.counts == {"error": 1, "unsat": 1}

@@ -6,7 +6,13 @@ Layout (paths in every listing are relative to the folder, as VNN-COMP wants)::
     root/vnnlib/sample_0000.vnnlib   one L-inf robustness property per test sample, shared by
                                      all levels; the number is the sample's test-set index
     root/instances.csv               level x sample, ordered by level then sample
-    root/manifest.json               what everything is, and the sha256 of every file
+    root/manifest.json               the benchmark's name and content hash, what everything
+                                     is, and the sha256 of every file
+
+The benchmark's name is the folder's name at export; it stays in the manifest when the folder is
+copied or renamed. Its content hash (``benchmark_hash``) is
+``bench.formats.folder.content_hash`` of the manifest's ``files`` table: instances.csv and every
+file it lists, the manifest itself excluded.
 
 The manifest is written last and removed first: a folder whose export was interrupted has no
 manifest rather than one that describes files that are not there (or not those).
@@ -26,7 +32,9 @@ from torch import nn
 
 import bench
 from bench.formats.folder import (FORMAT_VERSION, INSTANCES, MANIFEST, atomic_write_text,
-                                  instances_csv_text, onnx_name, sha256_file, vnnlib_name)
+                                  check_name, content_hash, instances_csv_text, onnx_name,
+                                  sha256_file, vnnlib_name)
+from bench.formats.rules import parse_eps, parse_timeout
 from bench.build.onnx_export import check_onnx, export_onnx, onnx_stats
 from bench.models.normalize import with_normalization
 from bench.formats.vnnlib import robustness_property
@@ -48,10 +56,6 @@ class ExportedModel:
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the manifest verbatim
 
 
-
-
-
-
 def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[ExportedModel],
                     samples_x: torch.Tensor, samples_y: torch.Tensor, sample_indices: list[int],
                     eps: float, timeout: float, max_abs_diff: float = 1e-4,
@@ -62,12 +66,18 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
     (``bench.formats.vnnlib2``), same file names. The manifest records which.
 
     ``dataset_info`` holds name, test_order, mean, std, input_shape and num_classes. Raises
-    RuntimeError when an ONNX file disagrees with its torch model by ``max_abs_diff`` or more:
-    that is a bug in the export, not something the user can fix."""
+    ``BenchError`` for an eps or timeout that ``bench.formats.rules`` refuses, RuntimeError when
+    an ONNX file disagrees with its torch model by ``max_abs_diff`` or more: that is a bug in the
+    export, not something the user can fix."""
     root = Path(root)
+    # The rules every command applies (a user's config may carry them): refused before any file
+    # is written.
+    eps = parse_eps(eps, str(root))
+    timeout = parse_timeout(timeout, str(root))
+    name = check_name(root.resolve().name, str(root))
     models = sorted(models, key=lambda m: m.level)
     sample_indices = [int(i) for i in sample_indices]
-    _check_inputs(dataset_info, models, samples_x, samples_y, sample_indices, eps, timeout)
+    _check_inputs(dataset_info, models, samples_x, samples_y, sample_indices)
     if vnnlib_version not in (1, 2):
         raise ValueError(f"vnnlib_version must be 1 or 2 (got {vnnlib_version!r})")
 
@@ -94,9 +104,11 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
     listed = [e["onnx"] for e in model_entries] + [p["vnnlib"] for p in properties]
     _remove_stale_files(root, set(listed))
 
+    files = {rel: sha256_file(root / rel) for rel in [*listed, INSTANCES]}
     manifest = {
         "format_version": FORMAT_VERSION,
-        "benchmark": root.name,
+        "benchmark": name,
+        "benchmark_hash": content_hash(files),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "suite_version": bench.__version__,
         "config": config,
@@ -108,7 +120,7 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
         "models": model_entries,
         "properties": properties,
         "instances": instances,
-        "files": {rel: sha256_file(root / rel) for rel in [*listed, INSTANCES]},
+        "files": files,
     }
     path = root / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2, default=_json_default) + "\n")
@@ -116,8 +128,7 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
 
 
 def _check_inputs(dataset_info: dict, models: list[ExportedModel], samples_x: torch.Tensor,
-                  samples_y: torch.Tensor, sample_indices: list[int], eps: float,
-                  timeout: float) -> None:
+                  samples_y: torch.Tensor, sample_indices: list[int]) -> None:
     """The pipeline's side of the contract; a violation is a bug there (ValueError)."""
     missing = {"name", "mean", "std", "input_shape", "num_classes"} - set(dataset_info)
     if missing:
@@ -142,8 +153,6 @@ def _check_inputs(dataset_info: dict, models: list[ExportedModel], samples_x: to
     # Properties box raw pixels clipped to [0, 1]; samples outside it were normalized already.
     if float(samples_x.min()) < 0.0 or float(samples_x.max()) > 1.0:
         raise ValueError("samples must be raw pixels in [0, 1], not normalized")
-    if eps < 0 or timeout <= 0:
-        raise ValueError(f"need eps >= 0 and timeout > 0 (got eps={eps}, timeout={timeout})")
 
 
 def _write_properties(root: Path, samples_x: torch.Tensor, labels: list[int],
@@ -200,10 +209,6 @@ def _export_level(root: Path, exported: ExportedModel, dataset_info: dict, sampl
                          "the manifest's own fields")
     entry.update(exported.extra)
     return entry, correct
-
-
-
-
 
 
 def _remove_stale_files(root: Path, keep: set[str]) -> None:

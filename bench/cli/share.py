@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 
-
 @click.command("check")
 @click.argument("folder", type=click.Path(file_okay=False))
 def check(folder) -> None:
@@ -34,15 +33,17 @@ def check(folder) -> None:
                    "the build's own properties).")
 @click.option("--results", "results_file", type=click.Path(dir_okay=False, exists=True),
               help="Results database: put verified accuracy per model into the README.")
-@click.option("--verifier", default="marabou", show_default=True,
+@click.option("--verifier", default="milp", show_default=True,
               help="Whose results give the verified accuracy (with --results).")
 def pack(src, dest, seed, results_file, verifier) -> None:
     """Turn a benchmark into a folder ready for VNN-COMP (gzipped onnx/ and vnnlib/,
     instances.csv, generate_properties.py, README), with the 6-hour cap enforced."""
+    from bench.formats.folder import benchmark_name
     from bench.share.pack import pack_benchmark, verified_accuracy_from_db
 
     verified = None
     if results_file:
-        verified = verified_accuracy_from_db(results_file, Path(src).resolve().name, verifier)
+        # Results are recorded under the benchmark's name, whatever its folder is called now.
+        verified = verified_accuracy_from_db(results_file, benchmark_name(src), verifier)
     out = pack_benchmark(Path(src), Path(dest), seed=seed, verified=verified)
     click.echo(f"packed benchmark written to {out}")

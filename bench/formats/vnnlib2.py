@@ -31,6 +31,7 @@ Differences from 1.0 that shape the writer:
 """
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
@@ -99,7 +100,7 @@ def robustness_property_v2(x: np.ndarray, label: int, eps: float, num_outputs: i
 def is_vnnlib2(text: str) -> bool:
     """Whether ``text`` is a VNN-LIB 2.0 file: 2.0 starts with its version command, which 1.0
     does not have."""
-    for line in text.splitlines():
+    for line in io.StringIO(text):  # lazily: the first statement decides
         stripped = line.split(";", 1)[0].strip()
         if stripped:
             return stripped.replace(" ", "").startswith("(vnnlib-version")

@@ -5,7 +5,8 @@ tells a benchmark's author everything to fix:
 
 - every path stays inside the folder: ``instances.csv`` and manifest paths are neither absolute
   nor escape with ``..``, and no symlink anywhere in the folder leads out of it;
-- where there is a ``manifest.json`` (ours), every file's sha256 matches it;
+- where there is a ``manifest.json`` (ours, or a packed folder's), every file's sha256 matches
+  it;
 - every ONNX model passes ``onnx.checker`` and runs once in onnxruntime;
 - every VNN-LIB file parses (1.0 with ``bench.formats.vnnlib``; 2.0 with the ``vnnlib`` package when it
   is installed) and declares as many inputs and outputs as its ONNX model has;
@@ -15,14 +16,13 @@ A path in ``instances.csv`` may name ``X`` while the folder holds ``X.gz``: that
 publishes benchmarks (and what ``bench pack`` writes); such files are decompressed in memory,
 never further than the size limit.
 
-Path safety, size limits and the manifest's hashes are the rules of ``bench.formats.folder``,
-the same that ``bench run`` applies.
+instances.csv is read by ``bench.formats.folder.read_listing``, the reader ``bench run`` uses:
+its rows, timeouts, paths and listed files obey the same rules, and a folder that passes the
+check can be run. Path safety, size limits and the manifest's hashes (our folders, and packed
+ones) are the rules of ``bench.formats.folder`` too.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,14 +32,12 @@ from typing import Any, Callable, Iterable, Literal
 import numpy as np
 
 from bench.errors import BenchError
-from bench.formats.folder import (FORMAT_VERSION, INSTANCES, MANIFEST, VNNCOMP_MAX_TOTAL_TIMEOUT,
-                                  FileProblem, Limits, locate, read_limited, safe_join,
-                                  verify_manifest)
+from bench.formats.folder import (INSTANCES, MANIFEST, VNNCOMP_MAX_TOTAL_TIMEOUT, FileProblem,
+                                  Limits, ListedFile, Listing, Row, manifest_problems,
+                                  read_limited, read_listing, read_manifest)
 
 
 Severity = Literal["error", "warning"]
-
-
 
 
 @dataclass(frozen=True)
@@ -50,20 +48,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.path or '.'}: {self.message}"
-
-
-# --- path safety ------------------------------------------------------------------------------
-
-
-
-
-
-# --- reading files within limits --------------------------------------------------------------
-
-
-
-
-
 
 
 # --- ONNX -------------------------------------------------------------------------------------
@@ -184,14 +168,6 @@ def _check_vnnlib2(text: str) -> tuple[_VnnlibInfo | None, str | None]:
 
 # --- the check --------------------------------------------------------------------------------
 
-@dataclass
-class _Row:
-    line: int
-    onnx: str
-    vnnlib: str
-    timeout: float
-
-
 def check_benchmark(folder: str | Path, limits: Limits | None = None) -> list[Problem]:
     """Every problem with the benchmark folder ``folder``; empty when it is fine to publish
     and run. Raises ``BenchError`` only when ``folder`` is not a directory."""
@@ -219,55 +195,51 @@ class _Checker:
 
     def run(self) -> list[Problem]:
         self.check_symlinks()
-        rows = self.read_rows()
+        # instances.csv by the rules `bench run` applies: rows, timeouts, paths, files found.
+        listing = read_listing(self.root, self.limits)
+        for problem in listing.problems:
+            self.error(problem.path, problem.text)
         if (self.root / MANIFEST).exists() or (self.root / MANIFEST).is_symlink():
-            self.check_manifest()
-        total = sum(row.timeout for row in rows)
+            self.check_manifest(listing)
+        total = sum(row.timeout for row in listing.rows)
         if total > VNNCOMP_MAX_TOTAL_TIMEOUT:
             self.warning(INSTANCES, f"timeouts sum to {total:.0f} s, more than VNN-COMP's "
                                         f"cap of {VNNCOMP_MAX_TOTAL_TIMEOUT:.0f} s (6 hours)")
-        for row in rows:
+        for row in listing.rows:
             self.check_row(row)
         return self.problems
 
-    def check_row(self, row: _Row) -> None:
-        where = f"{INSTANCES}, line {row.line}"
-        model = self.file_info(row.onnx, where, self.onnx, self.limits.onnx_bytes, _check_onnx)
-        prop = self.file_info(row.vnnlib, where, self.vnnlib, self.limits.vnnlib_bytes,
-                              _check_vnnlib)
+    def check_row(self, row: Row) -> None:
+        model = self.file_info(row.onnx, self.onnx, self.limits.onnx_bytes, _check_onnx)
+        prop = self.file_info(row.vnnlib, self.vnnlib, self.limits.vnnlib_bytes, _check_vnnlib)
         if model is None or prop is None:
             return
+        where = f"{INSTANCES}, line {row.line}"
         if prop.inputs != model.inputs:
-            self.error(row.vnnlib, f"declares {prop.inputs} inputs but {row.onnx} takes "
-                                   f"{model.inputs} ({where})")
+            self.error(row.vnnlib.listed, f"declares {prop.inputs} inputs but {row.onnx.listed} "
+                                          f"takes {model.inputs} ({where})")
         if prop.outputs != model.outputs:
-            self.error(row.vnnlib, f"declares {prop.outputs} outputs but {row.onnx} gives "
-                                   f"{model.outputs} ({where})")
+            self.error(row.vnnlib.listed, f"declares {prop.outputs} outputs but "
+                                          f"{row.onnx.listed} gives {model.outputs} ({where})")
 
-    def file_info(self, relative: str, where: str, cache: dict, limit: int,
+    def file_info(self, listed: ListedFile | None, cache: dict, limit: int,
                   check: Callable[[bytes], tuple[Any, str | None]]) -> Any:
-        if relative in cache:
-            return cache[relative]
-        cache[relative] = None
-        try:
-            path, shown = locate(self.root, relative, where)
-        except BenchError as err:
-            self.error(INSTANCES, str(err))
+        if listed is None:  # missing or unreadable: the listing said so
             return None
-        if path is None:
-            self.error(relative, f"missing (listed in {where})")
-            return None
+        if listed.listed in cache:
+            return cache[listed.listed]
+        cache[listed.listed] = None
         try:
-            info, note = check(read_limited(path, limit))
+            info, note = check(read_limited(listed.path, limit))
         except FileProblem as err:
-            self.error(shown, str(err))
+            self.error(listed.stored, str(err))
             return None
         except OSError as err:
-            self.error(shown, f"cannot read: {err.strerror or err}")
+            self.error(listed.stored, f"cannot read: {err.strerror or err}")
             return None
         if note:
-            self.warning(shown, note)
-        cache[relative] = info
+            self.warning(listed.stored, note)
+        cache[listed.listed] = info
         return info
 
     def check_symlinks(self) -> None:
@@ -288,83 +260,19 @@ class _Checker:
                     self.error(rel, f"symlink to {os.readlink(path)} leads out of the benchmark "
                                     "folder")
 
-    def read_rows(self) -> list[_Row]:
+    def check_manifest(self, listing: Listing) -> None:
+        """Our own folders (and packed ones) carry the sha256 of every file: check them, after
+        making sure that every path the manifest names is safe to open."""
         try:
-            csv_path = safe_join(self.root, INSTANCES, INSTANCES)
+            manifest = read_manifest(self.root, self.limits)
         except BenchError as err:
-            self.error(INSTANCES, str(err))
-            return []
-        if not csv_path.is_file():
-            self.error(INSTANCES, "missing: a VNN-COMP benchmark lists its instances there")
-            return []
-        try:
-            text = read_limited(csv_path, self.limits.csv_bytes).decode("utf-8")
-        except FileProblem as err:
-            self.error(INSTANCES, str(err))
-            return []
-        except UnicodeDecodeError as err:
-            self.error(INSTANCES, f"not UTF-8 text ({err.reason} at byte {err.start})")
-            return []
-        rows, listed = [], 0
-        for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-            fields = [value.strip() for value in row]
-            if not any(fields):
-                continue
-            listed += 1
-            where = f"line {line_no}"
-            if len(fields) != 3 or not fields[0] or not fields[1]:
-                self.error(INSTANCES, f"{where}: expected 'onnx,vnnlib,timeout', got "
-                                          f"{','.join(fields)!r}")
-                continue
-            try:
-                timeout = float(fields[2])
-            except ValueError:
-                self.error(INSTANCES, f"{where}: timeout {fields[2]!r} is not a number")
-                continue
-            if not (timeout > 0 and math.isfinite(timeout)):
-                self.error(INSTANCES, f"{where}: timeout must be a positive number, got "
-                                          f"{fields[2]!r}")
-                continue
-            rows.append(_Row(line_no, fields[0], fields[1], timeout))
-        if not listed:
-            self.error(INSTANCES, "lists no instances")
-        return rows
-
-    def check_manifest(self) -> None:
-        """Our own folders carry the sha256 of every file; check them, after making sure that
-        every path the manifest names is safe to open."""
-
-        try:
-            path = safe_join(self.root, MANIFEST, MANIFEST)
-            manifest = json.loads(read_limited(path, self.limits.manifest_bytes).decode("utf-8"))
-        except (BenchError, FileProblem) as err:
             self.error(MANIFEST, str(err))
             return
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            self.error(MANIFEST, f"not valid JSON ({_first_line(err)})")
+        if manifest is None:  # someone else's manifest: nothing we know how to check
+            self.warning(MANIFEST, "not a prune-bench manifest; file hashes not checked")
             return
-        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-            # Someone else's manifest: nothing we know how to check.
-            self.warning(MANIFEST, f"not a version-{FORMAT_VERSION} prune-bench manifest; "
-                                   "file hashes not checked")
-            return
-        files = manifest.get("files")
-        if not isinstance(files, dict):
-            self.error(MANIFEST, "has no 'files' table of sha256 hashes")
-            return
-        unsafe = False
-        for rel in files:
-            try:
-                safe_join(self.root, str(rel), f"{MANIFEST}, 'files'")
-            except BenchError as err:
-                self.error(MANIFEST, str(err))
-                unsafe = True
-        if unsafe:
-            return  # never hash a file outside the folder
-        for message in verify_manifest(self.root):
-            # verify_manifest says "<relative path>: <what is wrong>"
-            rel, _, detail = message.partition(": ")
-            self.error(rel, detail)
+        for problem in manifest_problems(self.root, manifest, listing):
+            self.error(problem.path, problem.text)
 
 
 def format_problems(problems: Iterable[Problem], folder: str | Path | None = None) -> str:

@@ -10,7 +10,12 @@ comparable), and writes:
 
 - ``vnnlib/sample_<test index>.vnnlib``: one L-inf robustness property per selected sample, plain
   text (earlier ``sample_*.vnnlib`` / ``.vnnlib.gz`` files of this benchmark are removed);
-- ``instances.csv``: every model with every property, ordered by model then sample.
+- ``instances.csv``: every model with every property, ordered by model then sample;
+- ``manifest.json`` (where there is one, as ``bench pack`` writes it): its instances, properties,
+  the sha256 of the files just written, and the benchmark hash, so that the folder still passes
+  ``bench check``. The benchmark hash is the sha256 of the ``sha256sum`` listing
+  (``"<sha256>  <path>\n"``, sorted by path) of instances.csv and the files it lists, as stored
+  (``bench.formats.folder.content_hash``).
 
 It needs Python 3 and numpy only: it must run on a machine without prune-bench. ``bench pack``
 copies it verbatim from prune-bench's ``bench/share/generate_properties.py``; its two writers produce
@@ -25,7 +30,9 @@ byte for byte what ``bench.formats.vnnlib.robustness_property`` and
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -117,7 +124,8 @@ def vnnlib_name(sample_index: int) -> str:
 
 def format_timeout(timeout: float) -> str:
     # "300", not "300.0": the form every published VNN-COMP instances.csv uses.
-    return str(int(timeout)) if float(timeout).is_integer() else repr(float(timeout))
+    value = float(timeout)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def generate(seed: int, root: Path = HERE) -> list[str]:
@@ -163,7 +171,50 @@ def generate(seed: int, root: Path = HERE) -> list[str]:
         for rel in written:
             writer.writerow([model, rel, format_timeout(timeout)])
     (root / "instances.csv").write_text(buffer.getvalue(), encoding="utf-8", newline="")
+    update_manifest(root, seed, pool, models, chosen, written)
     return written
+
+
+# --- the manifest -----------------------------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def update_manifest(root: Path, seed: int, pool: dict, models: list[str], chosen: np.ndarray,
+                    written: list[str]) -> None:
+    """Describe the new selection in ``manifest.json`` (if the folder has one): the fields
+    ``bench`` reads (instances, properties, files, benchmark_hash) and the seed."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
+        return  # not bench's: nothing of it describes what was just written
+    levels = {str(m["onnx"]): m["level"] for m in manifest["models"]}
+    samples = [(rel, int(pool["index"][pos]), int(pool["y"][pos]), int(pos))
+               for rel, pos in zip(written, chosen)]
+    manifest["properties"] = [{"vnnlib": rel, "sample_index": index, "label": label,
+                               "eps": float(pool["eps"])} for rel, index, label, _ in samples]
+    manifest["instances"] = [
+        {"onnx": model, "vnnlib": rel, "timeout": float(pool["timeout"]),
+         "level": levels[model], "sample_index": index, "label": label,
+         "correct": bool(pool["correct"][number, pos])}
+        for number, model in enumerate(models) for rel, index, label, pos in samples]
+    # Only what this script wrote is hashed anew: the models keep the hashes they were shipped
+    # with, so that a model changed since is still caught.
+    files = {rel: digest for rel, digest in manifest["files"].items()
+             if not rel.startswith("vnnlib/")}
+    for rel in ["instances.csv", *written]:
+        files[rel] = sha256(root / rel)
+    manifest["files"] = dict(sorted(files.items()))
+    # Models are listed by their plain names and shipped as .gz.
+    stored = [m + ".gz" if m + ".gz" in files else m for m in models]
+    listed = {"instances.csv", *written, *stored}
+    lines = "".join(f"{files.get(rel, '')}  {rel}\n" for rel in sorted(listed))
+    manifest["benchmark_hash"] = hashlib.sha256(lines.encode("utf-8")).hexdigest()
+    manifest.setdefault("packed", {})["seed"] = seed
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8", newline="")
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,9 @@ The packed folder::
     DEST/generate_properties.py     `python generate_properties.py SEED`: numpy only
     DEST/data/pool.npz              the candidate samples that script selects from
     DEST/README.md                  the properties, the selection, and each model's statistics
+    DEST/manifest.json              the source's manifest for the shipped instances: the
+                                    benchmark's name and content hash, and the sha256 of every
+                                    other file of DEST (checked by `bench check`)
 
 Which properties are shipped:
 
@@ -28,13 +31,21 @@ N x models x timeout exceeds ``max_total_timeout``, the number of properties per
 (the same for every model, keeping the first ones: the lowest test indices with ``seed=None``,
 the first drawn with a seed) to the largest count that fits, and the README says so. Packing is
 refused only when not even one property per model fits.
+
+Checksums: the packed ``manifest.json`` is the source's, describing the shipped instances and
+properties, with a ``files`` table holding the sha256 of every other file of the packed folder
+as shipped (the ``.gz`` files, the pool, the script, the README), its ``benchmark_hash`` (see
+``bench.formats.folder``) and a ``packed`` entry (seed, cap, the source's hash). The benchmark
+keeps its name: ``bench run`` on the packed folder, under whatever folder name, records results
+under the source's name. ``generate_properties.py`` rewrites the manifest's instances,
+properties, hashes and benchmark hash along with the properties, so the folder still passes
+``bench check`` after VNN-COMP reruns it.
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
-import io
+import json
 import math
 import os
 import shutil
@@ -48,9 +59,10 @@ import numpy as np
 import bench
 from bench.share.check import check_benchmark, format_problems
 from bench.errors import BenchError
-from bench.formats.folder import INSTANCES, format_timeout, load_manifest, safe_join
+from bench.formats.folder import (INSTANCES, MANIFEST, REBUILD, VNNCOMP_MAX_TOTAL_TIMEOUT,
+                                  atomic_write_text, format_timeout, instances_csv_text,
+                                  load_manifest, read_listing, safe_join, sha256_file)
 
-VNNCOMP_MAX_TOTAL_TIMEOUT = 6 * 3600.0
 SCRIPT = "generate_properties.py"
 POOL = "data/pool.npz"
 README = "README.md"
@@ -70,23 +82,26 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
     src, dest = Path(src), Path(dest)
     if seed is not None and seed < 0:
         raise BenchError(f"seed must be >= 0, got {seed}")
-    if not max_total_timeout > 0:
-        raise BenchError(f"the cap on the sum of timeouts must be positive, got "
-                         f"{max_total_timeout}")
+    if not (math.isfinite(max_total_timeout) and max_total_timeout > 0):
+        raise BenchError(f"the cap on the sum of timeouts must be a positive number of seconds, "
+                         f"got {max_total_timeout:g}")
     if pool_size < 1:
         raise BenchError(f"pool_size must be >= 1, got {pool_size}")
     manifest = load_manifest(src)
+    if "packed" in manifest:
+        raise BenchError(f"{src} is a packed benchmark already; pack the folder it was packed "
+                         "from")
     # The whole check, hashes included: what is packed is what was built, and valid.
     problems = [p for p in check_benchmark(src) if p.severity == "error"]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise BenchError(f"{src} fails `bench check`: {problems[0]}{more}; export it again")
+        raise BenchError(f"{src} fails `bench check`: {problems[0]}{more}; {REBUILD}")
     if dest.exists() or dest.is_symlink():
         raise BenchError(f"{dest} already exists; remove it or choose another --out")
 
     models = sorted(manifest["models"], key=lambda m: int(m["level"]))
     properties = manifest["properties"]
-    timeout = float(manifest["timeout"])
+    timeout = float(manifest["timeout"])  # within the rules: load_manifest checked it
     count = _properties_within_cap(len(properties), len(models), timeout, max_total_timeout)
     pool = _make_pool(src, manifest, models, pool_size)
     pool.update(properties=np.int64(count), max_total_timeout=np.float64(max_total_timeout))
@@ -105,16 +120,22 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
         with open(tmp / POOL, "wb") as handle:
             np.savez_compressed(handle, **pool)
         shutil.copyfile(_SCRIPT_SOURCE, tmp / SCRIPT)
+        packed = _packed_manifest(src, manifest, seed, max_total_timeout)
         if seed is None:
             shipped = [p["vnnlib"] for p in properties[:count]]
-            _write_own_properties(src, tmp, manifest, set(shipped))
+            _write_own_properties(src, tmp, manifest, packed, set(shipped))
         else:
+            # The script selects the properties and rewrites the manifest's instances.
+            packed["files"] = _files_table(tmp)
+            _write_manifest(tmp, packed)
             shipped = _run_script(tmp, seed)
+            packed = json.loads((tmp / MANIFEST).read_text(encoding="utf-8"))
         for rel in shipped:  # shipped gzipped, as VNN-COMP publishes them
             _gzip_file(tmp / rel, tmp / f"{rel}.gz")
             (tmp / rel).unlink()
         _write_text(tmp / README, _readme(manifest, models, pool, seed, shipped, count,
                                            max_total_timeout, verified))
+        _seal(tmp, packed)
         errors = [p for p in check_benchmark(tmp) if p.severity == "error"]
         if errors:
             raise RuntimeError(f"the packed folder fails its own check (a bug in bench pack):\n"
@@ -128,11 +149,45 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
 def _source(src: Path, manifest: dict, rel: str) -> Path:
     """A file of the source benchmark that pack may read: inside the folder, and one whose
     hash the manifest lists (and the check verified), whatever else the manifest says."""
-    path = safe_join(src, rel, f"{src / 'manifest.json'}")
+    path = safe_join(src, rel, f"{src / MANIFEST}")
     if rel not in manifest.get("files", {}):
-        raise BenchError(f"{src / 'manifest.json'}: {rel!r} has no sha256 in 'files'; export "
-                         "the benchmark again")
+        raise BenchError(f"{src / MANIFEST}: {rel!r} has no sha256 in 'files'; {REBUILD}")
     return path
+
+
+# --- the packed manifest ----------------------------------------------------------------------
+
+def _packed_manifest(src: Path, manifest: dict, seed: int | None, cap: float) -> dict:
+    """The source's manifest, to be narrowed to the shipped instances and sealed (``_seal``)."""
+    packed = dict(manifest)
+    packed["packed"] = {"seed": seed, "max_total_timeout": cap,
+                        "source_benchmark_hash": read_listing(src).benchmark_hash,
+                        "suite_version": bench.__version__}
+    return packed
+
+
+def _files_table(folder: Path) -> dict[str, str]:
+    """The sha256 of every file of the folder but the manifest, by relative path."""
+    files = {path.relative_to(folder).as_posix(): sha256_file(path)
+             for path in sorted(folder.rglob("*")) if path.is_file()}
+    files.pop(MANIFEST, None)
+    return files
+
+
+def _seal(folder: Path, packed: dict) -> None:
+    """Write the manifest with the sha256 of every other file of the folder and the
+    benchmark's content hash."""
+    listing = read_listing(folder)
+    if listing.problems:
+        raise RuntimeError(f"the packed folder's {INSTANCES} is broken (a bug in bench pack): "
+                           f"{listing.problems[0]}")
+    packed["files"] = _files_table(folder)
+    packed["benchmark_hash"] = listing.benchmark_hash
+    _write_manifest(folder, packed)
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def _properties_within_cap(wanted: int, models: int, timeout: float, cap: float) -> int:
@@ -206,16 +261,15 @@ def _classifies(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 # --- properties -------------------------------------------------------------------------------
 
-def _write_own_properties(src: Path, tmp: Path, manifest: dict, shipped: set[str]) -> None:
+def _write_own_properties(src: Path, tmp: Path, manifest: dict, packed: dict,
+                          shipped: set[str]) -> None:
     """The build's own property files (those kept under the cap) and their instances."""
     for rel in sorted(shipped):
         shutil.copyfile(_source(src, manifest, rel), tmp / rel)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for inst in manifest["instances"]:  # already ordered by level, then sample
-        if inst["vnnlib"] in shipped:
-            writer.writerow([inst["onnx"], inst["vnnlib"], format_timeout(inst["timeout"])])
-    _write_text(tmp / INSTANCES, buffer.getvalue())
+    # Already ordered by level, then sample.
+    packed["instances"] = [i for i in manifest["instances"] if i["vnnlib"] in shipped]
+    packed["properties"] = [p for p in manifest["properties"] if p["vnnlib"] in shipped]
+    _write_text(tmp / INSTANCES, instances_csv_text(packed["instances"]))
 
 
 def _run_script(folder: Path, seed: int) -> list[str]:
@@ -228,9 +282,11 @@ def _run_script(folder: Path, seed: int) -> list[str]:
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise BenchError(f"{SCRIPT} {seed} failed in the packed folder: {detail}")
-    with open(folder / INSTANCES, newline="") as handle:
-        listed = [row[1] for row in csv.reader(handle) if row]
-    return list(dict.fromkeys(listed))  # unique, in order
+    listing = read_listing(folder)
+    if listing.problems:
+        raise RuntimeError(f"{SCRIPT} {seed} wrote a broken {INSTANCES} (a bug in it): "
+                           f"{listing.problems[0]}")
+    return list(dict.fromkeys(row.vnnlib.listed for row in listing.rows))  # unique, in order
 
 
 # --- files ------------------------------------------------------------------------------------

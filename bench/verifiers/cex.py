@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.errors import BenchError
+from bench.formats.folder import FileProblem, Limits, read_limited
 from bench.formats.vnnlib import Disjunct, read_vnnlib
 
 CORRECT = "correct"
@@ -65,6 +66,7 @@ def check_counterexample(onnx_path: str | Path, vnnlib_path: str | Path,
     outputs = session.run(None, {input_name: x.astype(input_dtype).reshape(input_shape)})
     out = np.asarray(outputs[0], dtype=np.float64).reshape(-1)
 
+    # Bounded: the property's size limit and a linear-time parser (bench.formats.vnnlib).
     n_in, n_out, disjuncts = read_vnnlib(vnnlib_path)
     if n_in != size or n_out != out.size:
         raise BenchError(f"{vnnlib_path} declares {n_in} inputs and {n_out} outputs but "
@@ -83,12 +85,20 @@ def _load_model(path: Path):
 
     if not path.is_file():
         raise BenchError(f"cannot check a counterexample: ONNX file {path} does not exist")
+    try:
+        # Within the size limit of models; a .gz (as VNN-COMP publishes) is read in memory.
+        model = read_limited(path, Limits().onnx_bytes)
+    except FileProblem as err:
+        raise BenchError(f"cannot check a counterexample: ONNX file {path}: {err}") from None
+    except OSError as err:
+        raise BenchError(f"cannot check a counterexample: cannot read {path}: "
+                         f"{err.strerror or err}") from None
     options = ort.SessionOptions()
     # One thread: the check is tiny, and it must not compete with a verifier running alongside.
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types
         raise BenchError(f"onnxruntime cannot load {path}: {err}") from None
     inputs = session.get_inputs()

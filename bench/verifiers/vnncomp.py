@@ -13,11 +13,9 @@ which would kill this harness too: such a script is refused, and ``prepare=false
 """
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -149,13 +147,14 @@ def _refuse_killers(script: Path, advice: str) -> None:
 
 def _plain(path: Path, workdir: Path) -> Path:
     """``path``, or an uncompressed copy in ``workdir`` for a gzipped benchmark file (VNN-COMP
-    unzips its benchmarks before running tools)."""
-    if path.suffix != ".gz":
+    unzips its benchmarks before running tools), inflated no further than the size limit of
+    its kind (``bench.formats.folder.Limits``): a gzip bomb is a ``BenchError``, not a full
+    disk."""
+    from bench.formats.folder import Limits, inflate
+
+    if not path.name.endswith(".gz"):
         return path
-    copy = workdir / path.stem
-    with gzip.open(path, "rb") as source, open(copy, "wb") as target:
-        shutil.copyfileobj(source, target)
-    return copy.resolve()
+    return inflate(path, workdir / path.name[:-3], Limits().for_file(path)).resolve()
 
 
 def _exit_text(returncode: int) -> str:
