@@ -121,13 +121,12 @@ def test_clean_database_is_ok(tmp_path):
     assert report.to_dict()["scores"]["milp"]["score"] == 20
 
 
-def test_unknown_status_is_reported(tmp_path):
+def test_unknown_status_is_refused_naming_the_row(tmp_path):
     path = tmp_path / "odd.db"
     with ResultsDB(path) as db:
         db.record({**_record("milp", "p.vnnlib", "unsat").to_dict(), "status": "maybe"})
-    report = check_results(path)
-    assert not report.ok and report.unknown_statuses[0][1:] == ("milp", "maybe")
-    assert "has status 'maybe'" in format_report(report)
+    with pytest.raises(BenchError, match=r"'p.vnnlib', 'milp'\) has status 'maybe'"):
+        check_results(path)
 
 
 def test_missing_database_is_a_bench_error(tmp_path):

@@ -48,7 +48,7 @@ from typing import Any, Iterable, Iterator, Sequence, TextIO
 import bench
 from bench.run import executors
 from bench.errors import BenchError
-from bench.formats.folder import Instance, read_instances
+from bench.formats.folder import Instance, read_benchmarks
 from bench.formats.rules import parse_timeout
 from bench.run.claims import RunIdentity, holding_claims
 from bench.run.results import ResultsDB, params_hash, params_json
@@ -171,7 +171,7 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
     if workers is not None and workers < 1:
         raise BenchError(f"workers must be at least 1, got {workers}")
     shard = Shard.parse(shard) if shard is not None else None
-    instances = [inst for folder in folders for inst in read_instances(folder)]
+    instances = read_benchmarks(folders)  # a name used by two different folders is refused
     if timeout is not None:
         instances = [dataclasses.replace(inst, timeout=float(timeout)) for inst in instances]
     instances = shard_instances(_unique(instances), shard)
