@@ -57,6 +57,8 @@ RECORD_COLUMNS: dict[str, str] = {
     "log_path": "TEXT",
     "started_at": "TEXT",
     "host": "TEXT",
+    "decided_by": "TEXT",
+    "startup_time": "REAL",
 }
 assert list(RECORD_COLUMNS) == [f.name for f in dataclasses.fields(RunRecord)], "keep in step"
 # ... and what the runner adds: which code, configuration and device produced the row.
