@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bench.formats.folder import Instance
-from bench.verifiers import VERIFIERS, Command, Status, Verdict, Verifier
+from bench.verifiers import VERIFIERS, Command, Parameter, Status, Verdict, Verifier
 
 NAME = "fake-sleep"
 LEDGER_ENV = "FAKE_VERIFIER_LEDGER"
@@ -52,11 +52,11 @@ class FakeSleep(Verifier):
     name = NAME
     complete = True
     install_hint = "part of the tests (tests/fake_verifier.py)"
-    parameters = {"gpu": False, "flavour": "plain"}  # flavour: only changes the params hash
+    parameters = {"gpu": Parameter(bool, False),
+                  "flavour": Parameter(str, "plain", help="only changes the params hash")}
 
-    @property
     def uses_gpu(self) -> bool:
-        return bool(self.params["gpu"])
+        return self.params["gpu"]
 
     def is_installed(self) -> bool:
         return True

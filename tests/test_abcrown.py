@@ -179,6 +179,7 @@ with open(args.results_file, "w") as handle:
 # The real tool, where one is installed (bench verifiers install abcrown) or ABCROWN_HOME names
 # one: looked up before the tests point the tools folder elsewhere.
 REAL = AbCrown()
+REAL_HOME, REAL_PYTHON = REAL.home(), REAL.python()
 
 
 @pytest.fixture(autouse=True)
@@ -599,7 +600,7 @@ def test_real_abcrown(tmp_path, batch):
     shutil.copytree(FIXTURES, folder)
     (folder / "instances.csv").write_text("test_sat.onnx,test_prop.vnnlib,120\n"
                                           "test_unsat.onnx,test_prop.vnnlib,120\n")
-    verifier = AbCrown(home=str(REAL.home()), python=REAL.python(), batch=batch)
+    verifier = AbCrown(home=str(REAL_HOME), python=REAL_PYTHON, batch=batch)
     assert verifier.is_installed()
     sat, unsat = run_batch(verifier, read_instances(folder), tmp_path / "logs")
     assert sat.status == "sat", sat.reason

@@ -23,7 +23,7 @@ from bench.verifiers import VERIFIERS, Status
 from bench.verifiers import _milp_main as worker
 from bench.verifiers.cex import check_counterexample
 from bench.verifiers.harness import RunRecord, run_instance
-from bench.verifiers.marabou import Marabou, find_executable
+from bench.verifiers.marabou import Marabou
 from bench.verifiers.milp import RESULT_FILE, STATS_FILE, Milp
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
 from bench.formats.vnnlib import read_vnnlib, robustness_property
@@ -232,7 +232,7 @@ def milp_answers(cases, bench_dir, harness_runs) -> dict[int, tuple[str, dict]]:
 
 @pytest.fixture(scope="module")
 def marabou_answers(cases, bench_dir) -> dict[int, RunRecord]:
-    if find_executable() is None:
+    if not Marabou().is_installed():
         pytest.skip("Marabou is not installed")
     return {i: run_instance(Marabou(), Instance("own", bench_dir, case["onnx"].name,
                                                 case["vnnlib"].name, 60), bench_dir / "logs")
