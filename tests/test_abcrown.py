@@ -349,7 +349,9 @@ def test_shipped_configs_are_the_papers_settings(name):
     config = yaml.safe_load((REPO / "verifiers" / "abcrown" / f"{name}.yaml").read_text())
     assert config["general"]["complete_verifier"] == "bab"
     assert config["general"]["device"] == {"cpu": "cpu", "gpu": "cuda"}[name]
-    assert config["attack"]["pgd_restarts"] == 100
+    # The paper's 100 restarts on a GPU; on a CPU they cost ~15 s per robust instance, so a
+    # short attack there (branch and bound decides the rest).
+    assert config["attack"]["pgd_restarts"] == {"cpu": 5, "gpu": 100}[name]
     assert config["bab"]["timeout"] == 300
 
 
