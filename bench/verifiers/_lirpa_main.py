@@ -36,20 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.verifiers.onnx_torch import (
-    Reference,
-    WorkerError,
-    check_conversion,
-    conv_mode,
-    convert,
-    first_line,
-    float32_boxes,
-    io_signature,
-    load_instance,
-    prepare_onnx,
-    spec_holds,
-    write_outputs,
-)
+from bench.verifiers.onnx_torch import (Reference, WorkerError, check_conversion, conv_mode,
+                                        convert, first_line, float32_boxes, io_signature,
+                                        load_instance, prepare_onnx, spec_holds, write_outputs)
 
 if TYPE_CHECKING:  # torch is imported late at run time (seconds), after the cheap checks
     import torch

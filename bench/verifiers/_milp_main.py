@@ -48,20 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.verifiers.onnx_torch import (
-    Reference,
-    WorkerError,
-    check_conversion,
-    conv_mode,
-    convert,
-    first_line,
-    float32_boxes,
-    io_signature,
-    load_instance,
-    prepare_onnx,
-    spec_holds,
-    write_outputs,
-)
+from bench.verifiers.onnx_torch import (Reference, WorkerError, check_conversion, conv_mode,
+                                        convert, first_line, float32_boxes, io_signature,
+                                        load_instance, prepare_onnx, spec_holds, write_outputs)
 
 EXIT_ERROR = 2
 BOUND_METHODS = {"CROWN": "backward", "IBP": "IBP", "interval": None}

@@ -1,4 +1,4 @@
-"""alpha-beta-CROWN: installed by bench (``bench verifiers install abcrown``) or the user's checkout.
+"""alpha-beta-CROWN, installed by ``bench verifiers install abcrown`` or the user's checkout.
 
 It is not on PyPI. ``install()`` clones the upstream repository at a pinned, tested commit (or
 ``--source``/``--ref``), with its auto_LiRPA submodule, into ``tools_dir()/abcrown`` and builds a

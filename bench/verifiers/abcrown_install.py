@@ -87,8 +87,8 @@ def install_abcrown(folder: Path, steps: Steps, *, source: str | None = None,
         submodule += ["-c", f"submodule.auto_LiRPA.url={git_source(dependencies['auto_LiRPA'])}"]
     steps.run("cloning its auto_LiRPA submodule",
               submodule + ["submodule", "update", "--init", "--", "auto_LiRPA"])
-    lirpa_commit = steps.run("reading auto_LiRPA's commit", ["git", "-C", str(checkout / "auto_LiRPA"),
-                                                              "rev-parse", "HEAD"]).strip()
+    lirpa_commit = steps.run("reading auto_LiRPA's commit",
+                             ["git", "-C", str(checkout / "auto_LiRPA"), "rev-parse", "HEAD"]).strip()
 
     venv = folder / VENV
     python = steps.make_venv(venv)
