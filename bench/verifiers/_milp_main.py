@@ -855,7 +855,7 @@ def _spec_lower_bound(enc: Encoding, mat: np.ndarray, rhs: np.ndarray) -> float:
 
 def _check_encoding(enc: Encoding, reference: Reference, points: np.ndarray, inner) -> None:
     """The encoded network must compute what onnxruntime computes, at float32 points of the box."""
-    from bench.verifiers._lirpa_main import CONVERSION_ATOL, CONVERSION_RTOL
+    from bench.verifiers.onnx_torch import CONVERSION_ATOL, CONVERSION_RTOL
 
     if inner is None:
         return  # no float32 point in the box to compare at
