@@ -74,7 +74,8 @@ class VnnComp(Verifier):
     # Competition tools may answer sat and unsat anywhere; an incomplete one says unknown.
     complete = True
     install_hint = ("point --verifier-option tool_dir=DIR at a folder holding the tool's VNN-COMP "
-                    "run_instance.sh (and prepare_instance.sh, if it has one)")
+                    "run_instance.sh (bench verifiers install vnncomp -o tool_dir=DIR runs its "
+                    "install_tool.sh), or name an installed tool with tool=NAME")
     parameters = {
         "tool_dir": Parameter(str, help="folder of run_instance.sh (and prepare_instance.sh); "
                                         "default: the installed tool's"),
