@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.errors import BenchError
 from bench.formats.folder import Instance
 from bench.verifiers import VERIFIERS, Status
 from bench.verifiers import _milp_main as worker
@@ -459,8 +460,9 @@ def test_command_runs_the_worker_single_threaded(tmp_path):
     assert command.argv[command.argv.index("--timeout") + 1] == "12.5"
     assert command.argv[command.argv.index("--result") + 1] == str(tmp_path / RESULT_FILE)
     assert command.env["OMP_NUM_THREADS"] == "1"
-    with pytest.raises(Exception, match="unknown bounds"):
-        Milp(bounds="magic").command(instance, tmp_path)
+    # A bad value is refused when the verifier is made, before any instance runs.
+    with pytest.raises(BenchError, match="bounds='magic' is not one of CROWN, IBP, interval"):
+        Milp(bounds="magic")
 
 
 def test_vnnlib_boxes_of_the_cases_are_what_the_tests_assume(cases):
