@@ -48,7 +48,7 @@ import yaml
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier
+from bench.verifiers.base import DECIDED, Command, Parameter, Status, Verdict, Verifier
 from bench.verifiers.abcrown_install import CHECKOUT, install_abcrown
 from bench.verifiers.installer import (VENV_ENV, InstallRecord, install_tool, tool_folder,
                                        uninstall_tool)
@@ -380,7 +380,7 @@ def _single_decided_by(status: Status, stdout: str) -> str | None:
         return "attack"
     if status is Status.UNSAT and _INCOMPLETE_PROVED.search(stdout):
         return "incomplete"
-    if status in (Status.SAT, Status.UNSAT) and _BAB_STARTED.search(stdout):
+    if status in DECIDED and _BAB_STARTED.search(stdout):
         return "bab"
     return None
 
