@@ -184,8 +184,17 @@ def test_an_interrupted_install_leaves_nothing(tmp_path, monkeypatch):
         install_tool("demo", build, echo=lambda line: None)
     assert not (tmp_path / "tools" / "demo").exists()
     # A folder without a record (an install killed with SIGKILL) is never used, and the next
-    # install replaces it.
+    # install replaces it; a folder that no install made is never removed.
     (tmp_path / "tools" / "demo").mkdir()
+    (tmp_path / "tools" / "demo" / "mine.txt").write_text("the user's")
+    with pytest.raises(BenchError, match="was not made by bench verifiers install"):
+        install_tool("demo", lambda folder, steps: InstallRecord("demo", str(folder)))
+    with pytest.raises(BenchError, match="was not made by bench verifiers install"):
+        uninstall_tool("demo")
+    assert (tmp_path / "tools" / "demo" / "mine.txt").is_file()
+    (tmp_path / "tools" / "demo" / "mine.txt").unlink()
+    (tmp_path / "tools" / "demo" / "half").write_text("made")
+    (tmp_path / "tools" / "demo" / ".made-by-prune-bench").write_text("demo")
     assert InstallRecord.read(tmp_path / "tools" / "demo") is None
     record = install_tool("demo", lambda folder, steps: InstallRecord("demo", str(folder)),
                           echo=lambda line: None)

@@ -34,6 +34,7 @@ from bench.errors import BenchError
 
 TOOLS_ENV = "PRUNE_BENCH_TOOLS"  # the folder that holds every separately installed tool
 RECORD_FILE = "install.json"
+MARKER_FILE = ".made-by-prune-bench"  # written first: only such folders are ever removed
 # For a tool's own python: the project's PYTHONPATH must not shadow its packages (an empty value
 # adds nothing to sys.path), and neither may a user site.
 VENV_ENV = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
@@ -199,6 +200,7 @@ def install_tool(tool: str, build: Build, *, force: bool = False, echo: Echo = p
     aside = folder.with_name(f".{folder.name}.previous")
     _remove(aside)  # a leftover of an install that was killed
     if folder.exists():
+        _refuse_foreign(folder)
         if existing is not None:
             os.replace(folder, aside)
         else:
@@ -206,6 +208,7 @@ def install_tool(tool: str, build: Build, *, force: bool = False, echo: Echo = p
     started = time.monotonic()
     try:
         folder.mkdir()
+        (folder / MARKER_FILE).write_text(f"{tool}\n")
         record = build(folder, Steps(tool, log_path, echo))
         record.installed_at = _utc_now()
         record.seconds = round(time.monotonic() - started, 1)
@@ -225,8 +228,18 @@ def uninstall_tool(tool: str, folder: Path | None = None) -> str:
     folder = Path(folder) if folder is not None else tool_folder(tool)
     if not folder.exists():
         raise BenchError(f"{tool} is not installed in {folder}: nothing to remove")
+    _refuse_foreign(folder)
     _remove(folder)
     return f"{tool} removed from {folder}"
+
+
+def _refuse_foreign(folder: Path) -> None:
+    """Never remove a folder that an install did not make (say, ``$PRUNE_BENCH_TOOLS`` pointed
+    at a folder of the user's own)."""
+    ours = (folder / MARKER_FILE).is_file() or (folder / RECORD_FILE).is_file()
+    if folder.is_dir() and any(folder.iterdir()) and not ours:
+        raise BenchError(f"{folder} exists and was not made by bench verifiers install; move it "
+                         f"away or point {TOOLS_ENV} elsewhere")
 
 
 def _remove(path: Path) -> None:
