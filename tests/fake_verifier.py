@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from bench.formats.folder import Instance
-from bench.verifiers import VERIFIERS, Command, Status, Verdict, Verifier
+from bench.verifiers import VERIFIERS, Command, Parameter, Status, Verdict, Verifier
 
 NAME = "fake-sleep"
 LEDGER_ENV = "FAKE_VERIFIER_LEDGER"
@@ -65,11 +65,11 @@ class FakeSleep(Verifier):
     name = NAME
     complete = True
     install_hint = "part of the tests (tests/fake_verifier.py)"
-    parameters = {"gpu": False, "flavour": "plain"}  # flavour: only changes the params hash
+    parameters = {"gpu": Parameter(bool, False),
+                  "flavour": Parameter(str, "plain", help="only changes the params hash")}
 
-    @property
     def uses_gpu(self) -> bool:
-        return bool(self.params["gpu"])
+        return self.params["gpu"]
 
     def is_installed(self) -> bool:
         return True
@@ -112,7 +112,7 @@ time.sleep(linger)
 @VERIFIERS.register("fake-answer")
 class FakeAnswer(FakeSleep):
     name = "fake-answer"
-    parameters = {"gpu": False, "linger": 1.0}
+    parameters = {"gpu": Parameter(bool, False), "linger": Parameter(float, 1.0)}
 
     def command(self, instance: Instance, workdir: Path) -> Command:
         return Command([sys.executable, "-S", "-c", ANSWER_TOOL, str(workdir / "result.txt"),

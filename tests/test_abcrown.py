@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.errors import BenchError
 from bench.formats.folder import Instance, read_instances
 from bench.verifiers import VERIFIERS
 from bench.verifiers import abcrown as abcrown_module
 from bench.verifiers.abcrown import AbCrown, readable_vnnlib
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
+from bench.verifiers.installer import TOOLS_ENV, InstallRecord
 from bench.formats.vnnlib import read_vnnlib
 
 from paths import FIXTURES  # noqa: E402
@@ -36,7 +38,7 @@ import argparse, csv, importlib.util, json, os, pickle, re, signal, sys, time, t
 
 parser = argparse.ArgumentParser()
 for flag in ("--config", "--device", "--onnx_path", "--vnnlib_path", "--results_file",
-             "--cex_path", "--root_path", "--csv_name", "--adv_saver"):
+             "--cex_path", "--root_path", "--csv_name", "--adv_saver", "--pgd_order"):
     parser.add_argument(flag)
 parser.add_argument("--timeout", type=float)
 parser.add_argument("--save_adv_example", action="store_true")
@@ -135,7 +137,7 @@ if args.csv_name:
         if kind in ("sat", "badcex"):
             save_counterexample(*counterexample(kind), idx)
         status = {"unsat": "safe", "sat": "unsafe-pgd", "badcex": "unsafe-pgd",
-                  "unknown": "unknown"}[kind]
+                  "unknown": "unknown", "incomplete": "safe-incomplete"}[kind]
         if time.time() - start > float(timeout) and status != "unknown":
             status += " (timed out)"
         results.append([status, time.time() - start])
@@ -162,6 +164,8 @@ if kind == "garbage":
         handle.write("%$#@! maybe?\n")
     sys.exit(0)
 answer = {"unsat": "unsat", "sat": "sat", "badcex": "sat", "timeout": "timeout"}[kind]
+# What the real tool prints when its attack, or its incomplete verification, decided.
+print({"sat": "verified_status unsafe-pgd", "unsat": "verified with init bound!"}.get(kind, ""))
 print("Result:", answer)
 print("Time:", time.time() - START)
 with open(args.results_file, "w") as handle:
@@ -172,9 +176,17 @@ with open(args.results_file, "w") as handle:
 '''
 
 
+# The real tool, where one is installed (bench verifiers install abcrown) or ABCROWN_HOME names
+# one: looked up before the tests point the tools folder elsewhere.
+REAL = AbCrown()
+REAL_HOME, REAL_PYTHON = REAL.home(), REAL.python()
+
+
 @pytest.fixture(autouse=True)
 def no_killall(tmp_path, monkeypatch, no_leftover_children):
-    """``killall``/``pkill`` on PATH that only log their call: neither may ever run."""
+    """``killall``/``pkill`` on PATH that only log their call: neither may ever run. And an
+    empty tools folder: a real install must not change what these tests see."""
+    monkeypatch.setenv(TOOLS_ENV, str(tmp_path / "tools"))
     shims = tmp_path / "shims"
     shims.mkdir()
     log = tmp_path / "kill_by_name.log"
@@ -213,7 +225,7 @@ def home(tmp_path, monkeypatch, valid_cex) -> Path:
     (checkout / "complete_verifier").mkdir(parents=True)
     (checkout / "complete_verifier" / "abcrown.py").write_text(FAKE_ABCROWN)
     monkeypatch.setenv("ABCROWN_HOME", str(checkout))
-    monkeypatch.delenv("ABCROWN_PYTHON", raising=False)
+    monkeypatch.setenv("ABCROWN_PYTHON", sys.executable)  # the fake needs nothing more
     monkeypatch.setenv("FAKE_ABCROWN_CEX", json.dumps(valid_cex))
     return checkout
 
@@ -257,6 +269,32 @@ def test_installed_from_option_or_environment(home, monkeypatch):
     monkeypatch.delenv("ABCROWN_HOME")
     assert not AbCrown().is_installed()
     assert AbCrown(home=str(home)).is_installed()
+
+
+def test_a_checkout_without_its_own_python_is_not_installed(home, monkeypatch):
+    # This project's python cannot run it (numpy.lib.arraysetops): never used by default.
+    monkeypatch.delenv("ABCROWN_PYTHON")
+    verifier = AbCrown()
+    assert verifier.python() is None and not verifier.is_installed()
+    assert "ABCROWN_PYTHON" in AbCrown.install_hint and "bench verifiers install abcrown" \
+        in AbCrown.install_hint
+    assert AbCrown(python=sys.executable).is_installed()
+
+
+def test_the_installed_tool_is_used_without_any_variable(home, monkeypatch, tmp_path):
+    monkeypatch.delenv("ABCROWN_HOME")
+    monkeypatch.delenv("ABCROWN_PYTHON")
+    folder = tmp_path / "tools" / "abcrown"
+    shutil.copytree(home, folder / "alpha-beta-CROWN")
+    InstallRecord(tool="abcrown", location=str(folder), commit="0123456789abcdef",
+                  python=sys.executable).write(folder)
+    verifier = AbCrown()
+    assert verifier.is_installed() and verifier.python() == sys.executable
+    assert verifier.home() == folder / "alpha-beta-CROWN"
+    assert "commit 0123456789ab" in verifier.install_info()
+    # ABCROWN_HOME still overrides the install.
+    monkeypatch.setenv("ABCROWN_HOME", str(home))
+    assert AbCrown().home() == home and "from" in AbCrown().install_info()
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -311,19 +349,39 @@ def test_shipped_configs_are_the_papers_settings(name):
     config = yaml.safe_load((REPO / "verifiers" / "abcrown" / f"{name}.yaml").read_text())
     assert config["general"]["complete_verifier"] == "bab"
     assert config["general"]["device"] == {"cpu": "cpu", "gpu": "cuda"}[name]
-    assert config["attack"]["pgd_restarts"] == 100
+    # The paper's 100 restarts on a GPU; on a CPU they cost ~15 s per robust instance, so a
+    # short attack there (branch and bound decides the rest).
+    assert config["attack"]["pgd_restarts"] == {"cpu": 5, "gpu": 100}[name]
     assert config["bab"]["timeout"] == 300
 
 
-def test_bad_parameters_are_errors(home, bench_dir, tmp_path):
-    inst = make(bench_dir, "unsat.vnnlib")
-    record = run_instance(AbCrown(config=str(tmp_path / "missing.yaml")), inst, tmp_path / "l1")
-    assert record.status == "error" and "cannot build the command" in record.reason
-    record = run_instance(AbCrown(device="tpu"), inst, tmp_path / "l2")
-    assert record.status == "error" and "tpu" in record.reason
-    with pytest.raises(Exception, match="batch"):
-        AbCrown(batch="maybe").supports_batch()
+def test_bad_parameters_are_errors_before_anything_runs(home, tmp_path):
+    # One BenchError when the verifier is made, not an error row per instance.
+    with pytest.raises(BenchError, match="config=.*missing.yaml.* neither cpu nor gpu"):
+        AbCrown(config=str(tmp_path / "missing.yaml"))
+    with pytest.raises(BenchError, match="device='tpu' is not one of cpu, cuda"):
+        AbCrown(device="tpu")
+    with pytest.raises(BenchError, match="batch='maybe' is not a boolean"):
+        AbCrown(batch="maybe")
+    with pytest.raises(BenchError, match="no parameter.*colour"):
+        AbCrown(colour="red")
     assert AbCrown(batch="true").supports_batch() and not AbCrown(batch="0").supports_batch()
+    assert AbCrown().supports_batch()  # batch mode by default: the start-up is paid once
+
+
+def test_attack_can_be_left_to_a_cascade(home, bench_dir, tmp_path):
+    inst = make(bench_dir, "unsat.vnnlib")
+    assert "--pgd_order" not in AbCrown().command(inst, tmp_path).argv
+    argv = AbCrown(attack="false").command(inst, tmp_path).argv
+    assert argv[argv.index("--pgd_order") + 1] == "skip"
+
+
+def test_gpu_use_follows_the_config(home, tmp_path):
+    assert not AbCrown().uses_gpu() and AbCrown(config="gpu").uses_gpu()
+    assert AbCrown(config="gpu", device="cpu").uses_gpu() is False
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("general:\n  device: cuda\n")
+    assert AbCrown(config=str(custom)).uses_gpu()
 
 
 # --------------------------------------------------------------------------- one instance
@@ -334,6 +392,8 @@ def test_unsat(home, bench_dir, tmp_path):
     record = run_instance(AbCrown(), make(bench_dir, "unsat.vnnlib"), tmp_path / "logs")
     assert record.status == "unsat" and record.reason == "" and record.cex_check is None
     assert 0 < record.verifier_time < record.wall_time < 10
+    assert record.startup_time == pytest.approx(record.wall_time - record.verifier_time)
+    assert record.decided_by == "incomplete"
     assert record.peak_memory_mb > 0
     # Its .compiled cache is the only thing written into the benchmark folder.
     assert set(os.listdir(bench_dir)) - before == {"unsat.vnnlib", "unsat.vnnlib.compiled"}
@@ -343,7 +403,7 @@ def test_unsat(home, bench_dir, tmp_path):
 
 def test_sat_with_a_valid_counterexample(home, bench_dir, tmp_path):
     record = run_instance(AbCrown(), make(bench_dir, "sat.vnnlib"), tmp_path / "logs")
-    assert record.status == "sat" and record.reason == ""
+    assert record.status == "sat" and record.reason == "" and record.decided_by == "attack"
     assert record.cex_check in ("correct", "correct_up_to_tolerance"), record.cex_detail
 
 
@@ -437,10 +497,14 @@ def test_batch_enforces_each_timeout_and_restarts_after_a_hang(home, bench_dir, 
     assert [r.status for r in records] == ["unsat", "sat", "timeout", "sat", "unsat"]
     assert sat.cex_check in ("correct", "correct_up_to_tolerance"), sat.cex_detail
     assert badcex.cex_check == "invalid"
-    # Each instance's own time, as the tool reported it (it sleeps 0.2, 0.3, 0.1, 0.4 s).
+    # Each instance's own time, as the tool reported it (it sleeps 0.2, 0.3, 0.1, 0.4 s); the
+    # first of each process also pays the process's start-up, as in one process per instance.
     for record, seconds in ((unsat, 0.2), (sat, 0.3), (badcex, 0.1), (unsat2, 0.4)):
         assert record.verifier_time == pytest.approx(seconds, abs=0.15)
-        assert record.wall_time == record.verifier_time
+        assert record.wall_time == pytest.approx(record.verifier_time + record.startup_time)
+    assert unsat.startup_time > 0 and badcex.startup_time > 0  # first of processes 1 and 2
+    assert sat.startup_time == 0 and unsat2.startup_time == 0
+    assert (unsat.decided_by, sat.decided_by) == ("bab", "attack")
     assert "hard timeout after 1 s in batch mode" in hang.reason and "SIGKILL" in hang.reason
     assert 1.5 <= hang.wall_time < 3.5 and hang.verifier_time is None
     # The hang stopped the first process; the rest went on in a second one.
@@ -466,6 +530,7 @@ def test_batch_late_answer_is_a_timeout_without_a_restart(home, bench_dir, tmp_p
     assert late.status == "timeout" and "answered unsat only after its timeout of 1 s" \
         in late.reason
     assert late.wall_time >= 1.4 and late.verifier_time == pytest.approx(0.6, abs=0.15)
+    assert late.startup_time >= 0.8  # its start-up, counted on the first instance
     # Past its own timeout it says "safe (timed out)": a timeout too, in its words.
     assert own.status == "timeout" and "'safe (timed out)'" in own.reason
     assert ok.status == "unsat"
@@ -510,7 +575,7 @@ def test_batch_runs_one_process_per_model(home, bench_dir, tmp_path):
 
 def test_without_batch_each_instance_runs_alone(home, bench_dir, tmp_path):
     instances = [make(bench_dir, "unsat.vnnlib"), make(bench_dir, "sat.vnnlib")]
-    records = run_batch(AbCrown(), instances, tmp_path / "logs", grace=0.5)
+    records = run_batch(AbCrown(batch=False), instances, tmp_path / "logs", grace=0.5)
     assert [r.status for r in records] == ["unsat", "sat"]
     assert records[0].log_path != records[1].log_path
     assert "--csv_name" not in fake_argv(records[0])["argv"]
@@ -526,8 +591,9 @@ def test_batch_not_installed_is_an_error_for_every_instance(bench_dir, tmp_path,
 # --------------------------------------------------------------------------- the real tool
 
 
-@pytest.mark.skipif(not os.environ.get("ABCROWN_HOME"),
-                    reason="set ABCROWN_HOME (and ABCROWN_PYTHON) to a real alpha-beta-CROWN")
+@pytest.mark.skipif(not REAL.is_installed(),
+                    reason="alpha-beta-CROWN is not installed (bench verifiers install abcrown, or "
+                           "set ABCROWN_HOME and ABCROWN_PYTHON)")
 @pytest.mark.parametrize("batch", [False, True])
 def test_real_abcrown(tmp_path, batch):
     """The real tool on the two ACAS Xu fixtures (known answers: sat and unsat). The 1-input
@@ -536,10 +602,12 @@ def test_real_abcrown(tmp_path, batch):
     shutil.copytree(FIXTURES, folder)
     (folder / "instances.csv").write_text("test_sat.onnx,test_prop.vnnlib,120\n"
                                           "test_unsat.onnx,test_prop.vnnlib,120\n")
-    verifier = AbCrown(batch=batch)
+    verifier = AbCrown(home=str(REAL_HOME), python=REAL_PYTHON, batch=batch)
     assert verifier.is_installed()
     sat, unsat = run_batch(verifier, read_instances(folder), tmp_path / "logs")
     assert sat.status == "sat", sat.reason
     assert sat.cex_check in ("correct", "correct_up_to_tolerance"), sat.cex_detail
     assert unsat.status == "unsat", unsat.reason
     assert sat.verifier_time is not None and unsat.verifier_time is not None
+    assert sat.decided_by == "attack" and unsat.decided_by in ("incomplete", "bab")
+    assert sat.startup_time > 0

@@ -32,6 +32,8 @@ def test_marabou_counterexample_is_correct_up_to_tolerance():
     check = check_counterexample(SAT_ONNX, PROP, MARABOU_X, MARABOU_Y)
     assert check == CexCheck("correct_up_to_tolerance", check.detail)
     assert check.valid and "outside input box #0 by 3.24e-07" in check.detail
+    # The outputs do reach the unsafe region: only the box is missed (no negative miss).
+    assert "outputs reach its unsafe region" in check.detail and "miss" not in check.detail
 
 
 def test_counterexample_inside_the_box_is_correct():
@@ -116,16 +118,36 @@ def test_nudged_outputs_do_not_count(identity):
     assert check.outcome == "invalid" and "do not reach the unsafe region" in check.detail
 
 
+def two_disjuncts(folder: Path, first: str, second: str) -> Path:
+    """A property over the identity model's two inputs and outputs: ``(or (and first) (and
+    second))``."""
+    path = folder / "two_boxes.vnnlib"
+    path.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
+                    "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                    f"(assert (or (and {first})\n            (and {second})))\n")
+    return path
+
+
 def test_second_disjunct(identity, tmp_path):
     onnx_path, _ = identity
-    vnnlib_path = tmp_path / "two_boxes.vnnlib"
-    vnnlib_path.write_text(
-        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
-        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
-        "(assert (or (and (>= X_0 0) (<= X_0 0.1) (>= X_1 0) (<= X_1 0.1) (>= Y_0 Y_1))\n"
-        "            (and (>= X_0 0.8) (<= X_0 0.9) (>= X_1 0) (<= X_1 0.1) (>= Y_0 Y_1))))\n")
+    vnnlib_path = two_disjuncts(
+        tmp_path, "(>= X_0 0) (<= X_0 0.1) (>= X_1 0) (<= X_1 0.1) (>= Y_0 Y_1)",
+        "(>= X_0 0.8) (<= X_0 0.9) (>= X_1 0) (<= X_1 0.1) (>= Y_0 Y_1)")
     assert check_counterexample(onnx_path, vnnlib_path, [0.85, 0.05]).outcome == "correct"
     assert check_counterexample(onnx_path, vnnlib_path, [0.5, 0.05]).outcome == "invalid"
+
+
+def test_tolerance_message_names_the_disjunct_closest_to_holding(identity, tmp_path):
+    onnx_path, _ = identity
+    # x = (0.50008, 0.50006): outside box #0 by 8e-5 (its outputs reach the region), inside
+    # box #1 (its outputs miss the region by 2e-5). Box #1 comes closer to holding.
+    vnnlib_path = two_disjuncts(
+        tmp_path, "(>= X_0 0) (<= X_0 0.5) (>= X_1 0) (<= X_1 1) (>= Y_0 Y_1)",
+        "(>= X_0 0.5) (<= X_0 1) (>= X_1 0) (<= X_1 1) (>= Y_1 Y_0)")
+    check = check_counterexample(onnx_path, vnnlib_path, [0.50008, 0.50006])
+    assert check.outcome == "correct_up_to_tolerance"
+    assert "x is in input box #1" in check.detail
+    assert "miss its unsafe region by 2e-05" in check.detail and "by -" not in check.detail
 
 
 def test_broken_benchmark_files_raise(identity, tmp_path):

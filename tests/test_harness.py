@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bench.formats.folder import Instance
-from bench.verifiers import Command, Status, Verdict, Verifier
+from bench.verifiers import Command, Parameter, Status, Verdict, Verifier
 from bench.verifiers.harness import RunRecord, run_instance, run_process
 
 from paths import FIXTURES  # noqa: E402
@@ -25,7 +25,7 @@ class FakeTool(Verifier):
     name = "fake"
     complete = True
     install_hint = "the fake tool is only a test"
-    parameters = {"script": None}
+    parameters = {"script": Parameter(str)}
 
     def is_installed(self) -> bool:
         return Path(self.params["script"]).is_file()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.errors import BenchError
 from bench.formats.folder import Instance
 from bench.verifiers import Status
 from bench.verifiers import _lirpa_main as worker
@@ -361,3 +362,14 @@ def test_command_runs_the_worker_single_threaded(tmp_path):
     assert command.argv[command.argv.index("--pgd-steps") + 1] == "7"
     assert command.argv[command.argv.index("--result") + 1] == str(tmp_path / RESULT_FILE)
     assert command.env["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"method": "magic"}, "method='magic' is not one of CROWN, alpha-CROWN"),
+    ({"device": "cuda"}, "device='cuda' is not one of cpu"),
+    ({"pgd_steps": "many"}, "pgd_steps='many' is not an integer"),
+    ({"pgd_restarts": -1}, "pgd_restarts=-1 must be at least 0"),
+])
+def test_bad_parameters_are_refused_up_front(params, message):
+    with pytest.raises(BenchError, match=message):
+        Lirpa(**params)

@@ -9,7 +9,7 @@ import pytest
 from bench.formats.folder import Instance, read_instances
 from bench.verifiers import VERIFIERS, Status
 from bench.verifiers.harness import run_instance
-from bench.verifiers.marabou import Marabou, find_executable
+from bench.verifiers.marabou import Marabou
 
 from paths import FIXTURES  # noqa: E402
 KNOWN = {
@@ -20,7 +20,7 @@ KNOWN = {
     ("test_unsat.onnx", "test_prop.vnnlib"): "unsat",
 }
 
-pytestmark = pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
+pytestmark = pytest.mark.skipif(not Marabou().is_installed(), reason="Marabou is not installed")
 
 
 @pytest.fixture

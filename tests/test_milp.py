@@ -18,12 +18,13 @@ import pytest
 import torch
 from torch import nn
 
+from bench.errors import BenchError
 from bench.formats.folder import Instance
 from bench.verifiers import VERIFIERS, Status
 from bench.verifiers import _milp_main as worker
 from bench.verifiers.cex import check_counterexample
 from bench.verifiers.harness import RunRecord, run_instance
-from bench.verifiers.marabou import Marabou, find_executable
+from bench.verifiers.marabou import Marabou
 from bench.verifiers.milp import RESULT_FILE, STATS_FILE, Milp
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
 from bench.formats.vnnlib import read_vnnlib, robustness_property
@@ -232,7 +233,7 @@ def milp_answers(cases, bench_dir, harness_runs) -> dict[int, tuple[str, dict]]:
 
 @pytest.fixture(scope="module")
 def marabou_answers(cases, bench_dir) -> dict[int, RunRecord]:
-    if find_executable() is None:
+    if not Marabou().is_installed():
         pytest.skip("Marabou is not installed")
     return {i: run_instance(Marabou(), Instance("own", bench_dir, case["onnx"].name,
                                                 case["vnnlib"].name, 60), bench_dir / "logs")
@@ -459,8 +460,9 @@ def test_command_runs_the_worker_single_threaded(tmp_path):
     assert command.argv[command.argv.index("--timeout") + 1] == "12.5"
     assert command.argv[command.argv.index("--result") + 1] == str(tmp_path / RESULT_FILE)
     assert command.env["OMP_NUM_THREADS"] == "1"
-    with pytest.raises(Exception, match="unknown bounds"):
-        Milp(bounds="magic").command(instance, tmp_path)
+    # A bad value is refused when the verifier is made, before any instance runs.
+    with pytest.raises(BenchError, match="bounds='magic' is not one of CROWN, IBP, interval"):
+        Milp(bounds="magic")
 
 
 def test_vnnlib_boxes_of_the_cases_are_what_the_tests_assume(cases):

@@ -20,6 +20,7 @@ from bench.formats.folder import Instance
 from bench.verifiers import VERIFIERS, Status
 from bench.verifiers import neuralsat as ns
 from bench.verifiers.harness import run_instance
+from bench.verifiers.installer import InstallRecord, Steps, install_tool
 from bench.verifiers.neuralsat import RESULT_FILE, NeuralSAT
 
 from paths import FIXTURES  # noqa: E402
@@ -123,14 +124,25 @@ def test_not_installed_is_an_error_with_the_hint(tmp_path):
 
 
 def test_install_keeps_an_existing_install(tmp_path, monkeypatch):
-    venv = _fake_venv(tmp_path)
-    monkeypatch.setattr(ns, "_run_step", lambda *a: pytest.fail("must not run pip"))
-    assert ns.install(venv) == venv
+    monkeypatch.setenv(ns.TOOLS_ENV, str(tmp_path / "tools"))
+    folder = tmp_path / "tools" / "neuralsat"
+    venv = _fake_venv(folder)
+    InstallRecord(tool="neuralsat", location=str(folder), versions={"neuralsat": "0.2.17"},
+                  python=str(venv / "bin" / "python")).write(folder)
+    monkeypatch.setattr(Steps, "run", lambda *a, **k: pytest.fail("must not run pip"))
+    assert NeuralSAT().install(echo=lambda line: None) == f"neuralsat 0.2.17 in {folder}"
+    assert NeuralSAT().is_installed()
 
 
-def test_install_failure_is_a_bench_error(tmp_path):
-    with pytest.raises(BenchError, match="cannot create a virtual environment"):
-        ns.install(tmp_path / "venv", python=str(tmp_path / "no-python"))
+def test_install_failure_is_a_bench_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(ns.TOOLS_ENV, str(tmp_path / "tools"))
+    with pytest.raises(BenchError, match="installing neuralsat failed at creating its virtual "
+                                         "environment: cannot start"):
+        install_tool("neuralsat", lambda folder, steps: ns.install_neuralsat(
+            folder, steps, python=str(tmp_path / "no-python")), echo=lambda line: None)
+    assert not (tmp_path / "tools" / "neuralsat").exists()
+    with pytest.raises(BenchError, match="from PyPI"):
+        NeuralSAT().install(source="https://example.org/neuralsat.git")
 
 
 # --------------------------------------------------------------------------- command and parsing

@@ -15,10 +15,11 @@ from bench.run import executors
 from bench.config import make_config
 from bench.run.results import ResultsDB, params_hash
 from bench.formats.folder import read_instances
+from bench.verifiers import Parameter, Verifier
 from bench.progress import Progress
 from bench.run.runner import run_benchmarks
 from bench.build.sweep import run_builds
-from bench.verifiers.marabou import find_executable
+from bench.verifiers.marabou import Marabou
 
 from paths import FIXTURES  # noqa: E402
 SPECS = [("unsat", 0.2), ("unknown", 0.05), ("error", 0.0), ("timeout", 0.1), ("unsat", 0.3),
@@ -60,7 +61,7 @@ def test_two_workers_give_the_same_results_as_serial(tmp_path, plugin):
     assert again.counts == {"error": 2} and again.skipped == 10  # errors are retried
 
 
-@pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
+@pytest.mark.skipif(not Marabou().is_installed(), reason="Marabou is not installed")
 def test_marabou_with_two_workers_matches_serial(tmp_path):
     folder = tmp_path / "test"
     shutil.copytree(FIXTURES, folder)
@@ -172,8 +173,8 @@ def test_which_verifiers_use_a_gpu():
     from bench.run.runner import uses_gpu
 
     class ByParameter(fv.FakeSleep):
-        parameters = {"device": "cpu"}
-        uses_gpu = None  # nothing declared: the device parameter decides
+        parameters = {"device": Parameter(str, "cpu")}
+        uses_gpu = Verifier.uses_gpu  # the default: the device parameter decides
 
     assert not uses_gpu(fv.FakeSleep()) and uses_gpu(fv.FakeSleep(gpu=True))
     assert not uses_gpu(ByParameter()) and uses_gpu(ByParameter(device="cuda:1"))

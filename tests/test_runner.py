@@ -10,7 +10,7 @@ from bench.errors import BenchError
 from bench.run.results import ResultsDB
 from bench.formats.folder import find_benchmarks, read_instances
 from bench.run.runner import run_benchmarks
-from bench.verifiers.marabou import find_executable
+from bench.verifiers.marabou import Marabou
 
 from paths import FIXTURES  # noqa: E402
 
@@ -61,7 +61,7 @@ def test_find_benchmarks(benchmark, tmp_path):
         assert str(empty) in str(err.value)
 
 
-@pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
+@pytest.mark.skipif(not Marabou().is_installed(), reason="Marabou is not installed")
 def test_run_then_rerun_skips(benchmark, tmp_path):
     results = tmp_path / "out" / "results.sqlite"
     summary = run_benchmarks([benchmark], "marabou", results, progress=False)
@@ -84,7 +84,7 @@ def test_run_then_rerun_skips(benchmark, tmp_path):
     assert {r["timeout"] for r in ResultsDB(results).rows()} == {30.0}
 
 
-@pytest.mark.skipif(find_executable() is None, reason="Marabou is not installed")
+@pytest.mark.skipif(not Marabou().is_installed(), reason="Marabou is not installed")
 def test_errors_are_retried_and_one_failure_does_not_stop_the_run(benchmark, tmp_path):
     results = tmp_path / "results.sqlite"
     # A model the tool cannot load (a missing one is refused before any tool starts).
@@ -100,7 +100,7 @@ def test_errors_are_retried_and_one_failure_does_not_stop_the_run(benchmark, tmp
 
 
 def test_verifier_not_installed_records_every_instance(benchmark, tmp_path, monkeypatch):
-    monkeypatch.setattr("bench.verifiers.marabou.find_executable", lambda: None)
+    monkeypatch.setattr(Marabou, "executable", "no-such-Marabou")
     results = tmp_path / "results.sqlite"
     summary = run_benchmarks([benchmark], "marabou", results, progress=False)
     assert summary.counts == {"error": 5} and not summary.verifier_installed

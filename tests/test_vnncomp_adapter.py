@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.errors import BenchError
 from bench.formats.folder import Instance
 from bench.verifiers import VERIFIERS, Status
 from bench.verifiers.harness import DEFAULT_GRACE, run_instance
@@ -122,6 +123,37 @@ def test_registered_and_not_installed(tmp_path, bench_dir):
     assert VnnComp().grace == 60.0 and VnnComp(grace="2.5").grace == 2.5
     with pytest.raises(Exception, match="grace"):
         VnnComp(grace="soon")
+
+
+def test_each_tool_keeps_its_own_identity(tmp_path):
+    folder = tool_dir(tmp_path)  # .../tool/vnncomp_scripts: the generic folder's parent names it
+    assert VnnComp(tool_dir=str(folder)).result_name == "vnncomp:tool"
+    assert VnnComp(tool_dir=str(folder), tool="nnenum").result_name == "vnncomp:nnenum"
+    assert VnnComp().result_name == "vnncomp"
+    with pytest.raises(BenchError, match="tool='a/b' must be a plain name"):
+        VnnComp(tool="a/b")
+    with pytest.raises(BenchError, match="prepare='sometimes' is not a boolean"):
+        VnnComp(prepare="sometimes")
+
+
+def test_two_tools_keep_separate_rows(tmp_path, bench_dir):
+    """Two VNN-COMP tools run through vnncomp on one database: neither overwrites the other's
+    rows, so they can be cross-checked."""
+    from bench.run.results import read_rows
+    from bench.run.runner import run_benchmarks
+
+    make(bench_dir, "unsat")
+    (bench_dir / "instances.csv").write_text("net.onnx,unsat.vnnlib,10\n")
+    first = tool_dir(tmp_path / "a")
+    second = tmp_path / "b" / "othertool"
+    shutil.copytree(first, second)
+    results = tmp_path / "results.db"
+    for folder in (first, second):
+        run_benchmarks([bench_dir], "vnncomp", results, progress=False,
+                       verifier_params={"tool_dir": str(folder)})
+    rows = read_rows(results)
+    assert sorted(row["verifier"] for row in rows) == ["vnncomp:othertool", "vnncomp:tool"]
+    assert all(row["status"] == "unsat" for row in rows)
 
 
 def test_unsat_with_the_vnncomp_command_line(tmp_path, bench_dir):

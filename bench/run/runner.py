@@ -117,19 +117,8 @@ def shard_instances(instances: Iterable[Instance], shard: Shard | str | None) ->
 
 def uses_gpu(verifier: Verifier) -> bool:
     """Whether the verifier runs on a GPU (so workers are pinned to one and Ray tasks ask for
-    one): what it declares as ``uses_gpu`` (attribute, property or method), else what its
-    ``device()`` method or ``device`` parameter names (``cuda...``/``gpu``); CPU otherwise."""
-    declared = getattr(verifier, "uses_gpu", None)
-    if declared is not None:
-        return bool(declared() if callable(declared) else declared)
-    device = verifier.params.get("device")
-    method = getattr(verifier, "device", None)
-    if callable(method):
-        try:
-            device = method()
-        except Exception:  # a bad setting: the run reports it per instance
-            device = None
-    return str(device or "cpu").lower().startswith(("cuda", "gpu"))
+    one), as it declares (``Verifier.uses_gpu``)."""
+    return bool(verifier.uses_gpu())
 
 
 def provenance(verifier: Verifier) -> dict[str, Any]:

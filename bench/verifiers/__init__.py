@@ -1,7 +1,7 @@
 """Verifiers: one module per tool, each registered in ``VERIFIERS`` under its CLI name."""
 from bench.registry import Registry
-from bench.verifiers.base import Command, Status, Verdict, Verifier
+from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier
 
 VERIFIERS: Registry[type[Verifier]] = Registry("verifier", "bench.verifiers")
 
-__all__ = ["VERIFIERS", "Command", "Status", "Verdict", "Verifier"]
+__all__ = ["VERIFIERS", "Command", "Parameter", "Status", "Verdict", "Verifier"]

@@ -4,7 +4,7 @@ Run as ``python -m bench.verifiers._milp_main --onnx M --vnnlib P --result R --t
 [--bounds CROWN|IBP|interval]``.
 
 The ONNX model is loaded and converted to torch exactly as the ``lirpa`` worker does it
-(``bench.verifiers._lirpa_main``: the same rewrites, and the converted network is checked
+(``bench.verifiers.onnx_torch``: the same rewrites, and the converted network is checked
 against onnxruntime). Its torch.fx graph is then encoded node by node as affine expressions over
 MILP variables (the inputs, and one output variable per unstable ReLU): every supported op other
 than ReLU is affine in its variable operand, and its matrix is read off by evaluating the op (in
@@ -48,19 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.verifiers._lirpa_main import (
-    Reference,
-    WorkerError,
-    check_conversion,
-    conv_mode,
-    convert,
-    float32_boxes,
-    io_signature,
-    load_instance,
-    prepare_onnx,
-    spec_holds,
-    write_outputs,
-)
+from bench.verifiers.onnx_torch import (Reference, WorkerError, check_conversion, conv_mode,
+                                        convert, first_line, float32_boxes, io_signature,
+                                        load_instance, prepare_onnx, spec_holds, write_outputs)
 
 EXIT_ERROR = 2
 BOUND_METHODS = {"CROWN": "backward", "IBP": "IBP", "interval": None}
@@ -638,7 +628,7 @@ def lirpa_bounds(network, batch_shape: list[int], outer: tuple[np.ndarray, np.nd
                                node.lower.detach().double().numpy().reshape(-1),
                                node.upper.detach().double().numpy().reshape(-1)))
     except Exception as err:
-        return None, f"auto_LiRPA bounds unavailable ({type(err).__name__}: {_first_line(err)})"
+        return None, f"auto_LiRPA bounds unavailable ({type(err).__name__}: {first_line(err)})"
     return layers, ""
 
 
@@ -865,7 +855,7 @@ def _spec_lower_bound(enc: Encoding, mat: np.ndarray, rhs: np.ndarray) -> float:
 
 def _check_encoding(enc: Encoding, reference: Reference, points: np.ndarray, inner) -> None:
     """The encoded network must compute what onnxruntime computes, at float32 points of the box."""
-    from bench.verifiers._lirpa_main import CONVERSION_ATOL, CONVERSION_RTOL
+    from bench.verifiers.onnx_torch import CONVERSION_ATOL, CONVERSION_RTOL
 
     if inner is None:
         return  # no float32 point in the box to compare at
@@ -931,16 +921,12 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         return EXIT_ERROR
     except Exception as err:  # a bug or an unforeseen failure: keep the traceback, then say why
         traceback.print_exc()
-        print(f"milp: unexpected {type(err).__name__}: {_first_line(err)}", file=sys.stderr)
+        print(f"milp: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return EXIT_ERROR
     stats["time_s"] = time.perf_counter() - start
     write_outputs(args.result, status, cex, stats)
     return 0
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else ""
 
 
 if __name__ == "__main__":

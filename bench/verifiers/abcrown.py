@@ -1,21 +1,31 @@
-"""alpha-beta-CROWN, from the user's own checkout (it is not on PyPI; we never install or ship it).
+"""alpha-beta-CROWN, installed by ``bench verifiers install abcrown`` or the user's checkout.
+
+It is not on PyPI. ``install()`` clones the upstream repository at a pinned, tested commit (or
+``--source``/``--ref``), with its auto_LiRPA submodule, into ``tools_dir()/abcrown`` and builds a
+virtual environment beside it with its pinned dependencies (see ``install_abcrown``). Afterwards
+``bench run --verifier abcrown`` needs nothing else; ``home=``/``python=`` (or ``ABCROWN_HOME``/
+``ABCROWN_PYTHON``) point at another checkout and environment instead. It never runs in this
+project's own environment (its imports fail there, e.g. ``numpy.lib.arraysetops``).
 
 One instance: ``python <home>/complete_verifier/abcrown.py --config YAML --onnx_path O
 --vnnlib_path V --timeout T --results_file R --save_adv_example --cex_path C --device D``. The
 results file says ``sat``, ``unsat`` or ``timeout`` (alpha-beta-CROWN writes its ``unknown`` as
 ``timeout`` too) and, after ``sat``, the counterexample ``((X_0 v) ... (Y_0 v) ...)`` copied from
-the cex file. It prints ``Result: <answer>`` and ``Time: <seconds>`` on stdout.
+the cex file. It prints ``Result: <answer>`` and ``Time: <seconds>`` on stdout, and on the way
+what decided (``verified_status unsafe-pgd`` after a successful attack, ``verified with init
+bound!`` after incomplete verification, ``Verifying property Instance`` when branch and bound
+starts): kept as the verdict's ``decided_by``.
 
-Batch mode (``batch=true``): ``--root_path DIR --csv_name FILE`` verifies every row
-(``onnx,vnnlib,timeout``) of a CSV in one process, paying the start-up (4 to 15 s on a CPU) once.
-Per row it prints a header ``%%% idx: I, vnnlib ID: I %%%`` and ``Result: <status> in <t>
-seconds``, where the status is its internal one (``safe``, ``safe-incomplete``, ``unsafe-pgd``,
-``unsafe-bab``, ``unknown``, with `` (timed out)`` appended when it overran); its results file is
-then a pickle, which we do not read. Its saver writes every counterexample to the same cex file,
-and the next row may overwrite it within milliseconds (seen on small models), so batch mode
-plugs in its own saver through ``--adv_saver 'Customized("saver.py", "save")'``, alpha-beta-
-CROWN's hook for custom savers: one file per row, ``<cex file>.<row index>``. The harness
-(``run_batch``) enforces each row's timeout.
+Batch mode (``batch=true``, the default): ``--root_path DIR --csv_name FILE`` verifies every row
+(``onnx,vnnlib,timeout``) of a CSV in one process, paying the start-up (4 to 15 s on a CPU) once
+per model. Per row it prints a header ``%%% idx: I, vnnlib ID: I %%%`` and ``Result: <status> in
+<t> seconds``, where the status is its internal one (``safe``, ``safe-incomplete``,
+``unsafe-pgd``, ``unsafe-bab``, ``unknown``, with `` (timed out)`` appended when it overran);
+its results file is then a pickle, which we do not read. Its saver writes every counterexample
+to the same cex file, and the next row may overwrite it within milliseconds (seen on small
+models), so batch mode plugs in its own saver through ``--adv_saver 'Customized("saver.py",
+"save")'``, alpha-beta-CROWN's hook for custom savers: one file per row, ``<cex file>.<row
+index>``. The harness (``run_batch``) enforces each row's timeout and counts the start-up.
 
 alpha-beta-CROWN caches a parsed property as ``<vnnlib>.compiled`` next to the file and fails
 where it cannot write it: a property in a folder that is not writable (or gzipped, which it does
@@ -31,7 +41,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -39,7 +48,10 @@ import yaml
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Status, Verdict, Verifier
+from bench.verifiers.base import DECIDED, Command, Parameter, Status, Verdict, Verifier
+from bench.verifiers.abcrown_install import CHECKOUT, install_abcrown
+from bench.verifiers.installer import (VENV_ENV, InstallRecord, install_tool, tool_folder,
+                                       uninstall_tool)
 from bench.verifiers.vnncomp_format import parse_counterexample, parse_vnncomp_result
 
 RESULTS_FILE = "results.txt"  # one instance: the VNN-COMP results file
@@ -76,6 +88,8 @@ CONFIG_DIR = _REPO_ROOT / "verifiers" / "abcrown"
 NAMED_CONFIGS = {"cpu": ("cpu.yaml", "cpu"), "gpu": ("gpu.yaml", "cuda")}  # name -> file, device
 DEVICES = ("cpu", "cuda")
 TOOL = "alpha-beta-CROWN"
+NAME = "abcrown"
+HOME_ENV, PYTHON_ENV = "ABCROWN_HOME", "ABCROWN_PYTHON"
 
 _TIME = re.compile(r"^Time: ([0-9.eE+-]+)\s*$", re.M)
 # Batch mode's progress lines, in the order they appear.
@@ -84,38 +98,69 @@ _PROGRESS = re.compile(
     r"|^Result: (?P<status>.*?) in (?P<time>[0-9.eE+-]+) seconds\s*$",
     re.M)
 _ERROR_LINE = re.compile(r"error|exception|assert|cannot|can't|not found|failed", re.I)
+# Single-instance mode: what it prints when each stage decides (see the module docstring).
+_ATTACK_FOUND = re.compile(r"^verified_status unsafe-pgd\s*$", re.M)
+_INCOMPLETE_PROVED = re.compile(r"^verified with init bound!\s*$", re.M)
+_BAB_STARTED = re.compile(r"^#+ Verifying property Instance", re.M)
+# Its internal statuses (batch mode) by the stage that produced them.
+_DECIDED_BY = {"unsafe-pgd": "attack", "safe-incomplete": "incomplete",
+               "safe-incomplete-refine": "mip", "safe-mip": "mip", "unsafe-mip": "mip",
+               "unsafe-bab": "bab", "safe": "bab"}
 
 
-@VERIFIERS.register("abcrown")
+def _check_config(value: str) -> None:
+    if value not in NAMED_CONFIGS and not Path(value).expanduser().is_file():
+        raise ValueError(f"is neither {' nor '.join(NAMED_CONFIGS)} nor an existing YAML file")
+
+
+@VERIFIERS.register(NAME)
 class AbCrown(Verifier):
-    name = "abcrown"
+    name = NAME
     complete = True
-    install_hint = ("clone alpha-beta-CROWN and set ABCROWN_HOME=/path/to/alpha-beta-CROWN "
-                    "(or --verifier-option home=...)")
+    install_hint = (f"bench verifiers install abcrown (or set {HOME_ENV} to a checkout and "
+                    f"{PYTHON_ENV} to the python of its own environment)")
     parameters = {
-        "home": None,  # the checkout; default $ABCROWN_HOME
-        "config": "cpu",  # cpu | gpu (verifiers/abcrown/*.yaml) | a path to a YAML file
-        "device": None,  # cpu | cuda; default: the named config's, or what a custom YAML says
-        "python": None,  # its interpreter; default $ABCROWN_PYTHON, else this one
-        "batch": False,  # one process per model (its CSV mode) instead of one per instance
+        "home": Parameter(str, help=f"the checkout; default ${HOME_ENV}, else the installed one"),
+        "python": Parameter(str, help=f"its interpreter; default ${PYTHON_ENV}, else the "
+                                      f"installed environment's"),
+        "config": Parameter(str, "cpu", check=_check_config,
+                            help="cpu | gpu (verifiers/abcrown/*.yaml) or a YAML file"),
+        "device": Parameter(str, choices=DEVICES,
+                            help="default: the named config's, or what a YAML file says"),
+        "batch": Parameter(bool, True, help="one process per model (its CSV mode) instead of "
+                                            "one per instance"),
+        "attack": Parameter(bool, True, help="false skips its PGD attack (when one already "
+                                             "ran, e.g. in a cascade)"),
     }
 
     # ------------------------------------------------------------------ installation
 
+    def installed(self) -> InstallRecord | None:
+        return InstallRecord.read(tool_folder(NAME))
+
     def home(self) -> Path | None:
-        home = self.params["home"] or os.environ.get("ABCROWN_HOME")
-        return Path(home).expanduser() if home else None
+        home = self.params["home"] or os.environ.get(HOME_ENV)
+        if home:
+            return Path(home).expanduser()
+        record = self.installed()
+        return Path(record.location) / CHECKOUT if record else None
 
     def script(self) -> Path | None:
         home = self.home()
         return home / "complete_verifier" / "abcrown.py" if home else None
 
-    def python(self) -> str:
-        return str(self.params["python"] or os.environ.get("ABCROWN_PYTHON") or sys.executable)
+    def python(self) -> str | None:
+        """Its interpreter: ``python=``, ``$ABCROWN_PYTHON``, else the installed environment's;
+        None when there is none (this project's own python cannot run it)."""
+        python = self.params["python"] or os.environ.get(PYTHON_ENV)
+        if python:
+            return str(Path(python).expanduser())
+        record = self.installed()
+        return record.python if record else None
 
     def is_installed(self) -> bool:
         script = self.script()
-        return script is not None and script.is_file()
+        return script is not None and script.is_file() and self.python() is not None
 
     def version(self) -> str | None:
         """``git describe`` of the checkout, else the version of its bundled auto_LiRPA."""
@@ -131,37 +176,41 @@ class AbCrown(Verifier):
             except (OSError, subprocess.SubprocessError):
                 pass
         # A checkout without git metadata (a release archive): its auto_LiRPA says which.
-        for init in (home / "auto_LiRPA" / "auto_LiRPA" / "__init__.py",
-                     home / "complete_verifier" / "auto_LiRPA" / "__init__.py"):
-            try:
-                found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", init.read_text(),
-                                  re.M)
-            except OSError:
-                continue
-            if found:
-                return f"auto_LiRPA-{found[1]}"
-        return None
+        found = _lirpa_version(home)
+        return f"auto_LiRPA-{found}" if found else None
+
+    def install_info(self) -> str:
+        record = self.installed()
+        home = self.home()
+        if record is None or home is None or home != Path(record.location) / CHECKOUT:
+            return f"from {home}" if home else ""
+        return record.summary()
+
+    def install(self, *, force: bool = False, source: str | None = None, ref: str | None = None,
+                dependencies: dict[str, str] | None = None, echo=print) -> str:
+        record = install_tool(NAME, lambda folder, steps: install_abcrown(
+            folder, steps, source=source, ref=ref, dependencies=dependencies or {}),
+            force=force, echo=echo)
+        return record.summary()
+
+    def uninstall(self, echo=print) -> str:
+        return uninstall_tool(NAME)
+
+    def uses_gpu(self) -> bool:
+        return not self._runs_on_cpu(self.config_path())
 
     # ------------------------------------------------------------------ configuration
 
     def config_path(self) -> Path:
         config = str(self.params["config"])
         if config in NAMED_CONFIGS:
-            path = CONFIG_DIR / NAMED_CONFIGS[config][0]
-        else:
-            path = Path(config).expanduser().resolve()
-        if not path.is_file():
-            raise BenchError(f"abcrown: config {config!r} is neither cpu, gpu nor a YAML file "
-                             f"({path} does not exist)")
-        return path
+            return CONFIG_DIR / NAMED_CONFIGS[config][0]
+        return Path(config).expanduser().resolve()
 
     def device(self) -> str | None:
         """The device to pass with --device; None leaves it to a custom YAML."""
-        device = self.params["device"]
-        if device:
-            if device not in DEVICES:
-                raise BenchError(f"abcrown: device {device!r} is not one of {', '.join(DEVICES)}")
-            return str(device)
+        if self.params["device"]:
+            return str(self.params["device"])
         config = str(self.params["config"])
         return NAMED_CONFIGS[config][1] if config in NAMED_CONFIGS else None
 
@@ -177,19 +226,23 @@ class AbCrown(Verifier):
 
     def _common_args(self, workdir: Path) -> tuple[list[str], dict[str, str]]:
         """Interpreter, script, config and device; the environment."""
-        script = self.script()
-        if script is None or not script.is_file():
+        script, python = self.script(), self.python()
+        if script is None or not script.is_file() or python is None:
             raise BenchError(f"alpha-beta-CROWN is not installed: {self.install_hint}")
         config = self.config_path()
-        argv = [self.python(), str(script.resolve()), "--config", str(config),
+        argv = [python, str(script.resolve()), "--config", str(config),
                 "--save_adv_example", "--cex_path", str((workdir / CEX_FILE).resolve())]
         device = self.device()
         if device is not None:
             argv += ["--device", device]
-        # Unbuffered: batch mode is followed through its stdout while it runs.
-        env = {"PYTHONUNBUFFERED": "1"}
+        if not self.params["attack"]:
+            argv += ["--pgd_order", "skip"]
+        # Unbuffered: batch mode is followed through its stdout while it runs. Its own python
+        # must not see this project's PYTHONPATH (a checkout root on it shadows its auto_LiRPA).
+        env = {"PYTHONUNBUFFERED": "1", **VENV_ENV}
         if self._runs_on_cpu(config):
             env["OMP_NUM_THREADS"] = "1"  # its PGD attack ran 10x slower with 2 threads
+            env["CUDA_VISIBLE_DEVICES"] = ""  # no CUDA initialisation on a GPU machine either
         return argv, env
 
     # ------------------------------------------------------------------ one instance
@@ -219,6 +272,7 @@ class AbCrown(Verifier):
                                   + (f"; last output: {last}" if last else ""))
         verdict = parse_vnncomp_result(results.read_text(errors="replace"), TOOL)
         verdict.verifier_time = verifier_time
+        verdict.decided_by = _single_decided_by(verdict.status, stdout)
         if verdict.status is Status.TIMEOUT:
             verdict.reason = (f"{TOOL} wrote timeout (it writes its own timeout and an "
                               f"undecided 'unknown' alike)")
@@ -227,7 +281,7 @@ class AbCrown(Verifier):
     # ------------------------------------------------------------------ batch mode
 
     def supports_batch(self) -> bool:
-        return self.bool_param("batch")
+        return bool(self.params["batch"])
 
     def batch_command(self, instances: list[Instance], workdir: Path) -> Command:
         if not instances:
@@ -312,11 +366,36 @@ def _batch_verdict(raw: str) -> Verdict:
     if "unknown" in text or "timeout" in text or "timed out" in text:
         return Verdict(Status.TIMEOUT, reason=f"{TOOL} reported {raw!r} (written as timeout, as "
                                               f"its results files do)")
+    decided_by = _DECIDED_BY.get(text.split()[0]) if text.split() else None
     if "unsafe" in text:
-        return Verdict(Status.SAT)
+        return Verdict(Status.SAT, decided_by=decided_by)
     if "safe" in text:
-        return Verdict(Status.UNSAT)
+        return Verdict(Status.UNSAT, decided_by=decided_by)
     return Verdict(Status.ERROR, reason=f"{TOOL} reported an unexpected status {raw!r}")
+
+
+def _single_decided_by(status: Status, stdout: str) -> str | None:
+    """Which stage decided, from what single-instance mode printed on the way."""
+    if status is Status.SAT and _ATTACK_FOUND.search(stdout):
+        return "attack"
+    if status is Status.UNSAT and _INCOMPLETE_PROVED.search(stdout):
+        return "incomplete"
+    if status in DECIDED and _BAB_STARTED.search(stdout):
+        return "bab"
+    return None
+
+
+def _lirpa_version(home: Path) -> str | None:
+    for init in (home / "auto_LiRPA" / "auto_LiRPA" / "__init__.py",
+                 home / "complete_verifier" / "auto_LiRPA" / "__init__.py"):
+        try:
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", init.read_text(),
+                              re.M)
+        except OSError:
+            continue
+        if found:
+            return found[1]
+    return None
 
 
 def _attach_counterexample(verdict: Verdict, cex_file: Path) -> None:

@@ -131,10 +131,11 @@ def _output_mismatch(out: np.ndarray, y: Sequence[float] | np.ndarray) -> str:
 
 def _check_unsafe(x: np.ndarray, out: np.ndarray, disjuncts: list[Disjunct]) -> CexCheck:
     """Exactly inside some box and its unsafe region -> correct; only within ATOL -> up to
-    tolerance; otherwise invalid, with the smallest miss as the reason."""
+    tolerance, naming the disjunct that comes closest to holding exactly; otherwise invalid,
+    with the smallest miss as the reason."""
     best_box_miss = np.inf  # how far x is from the nearest box
     best_spec_miss = np.inf  # how far the outputs are from the nearest unsafe region (x in box)
-    best_tolerated = ""
+    closest: tuple[float, int, float, float] | None = None  # (worst miss, disjunct, box, spec)
     for index, (box, specs) in enumerate(disjuncts):
         box_miss = _box_excess(x, box)
         best_box_miss = min(best_box_miss, box_miss)
@@ -148,12 +149,17 @@ def _check_unsafe(x: np.ndarray, out: np.ndarray, disjuncts: list[Disjunct]) -> 
             if box_miss <= 0.0 and spec_miss <= 0.0:
                 return CexCheck(CORRECT, f"x is in input box #{index} and the onnxruntime "
                                          f"outputs reach its unsafe region")
-            if not best_tolerated:
-                best_tolerated = (f"only within tolerance {ATOL:g}: x is outside input box "
-                                  f"#{index} by {box_miss:.3g}, outputs miss the unsafe region "
-                                  f"by {spec_miss:.3g}")
-    if best_tolerated:
-        return CexCheck(CORRECT_UP_TO_TOLERANCE, best_tolerated)
+            worst = max(box_miss, spec_miss)
+            if closest is None or worst < closest[0]:
+                closest = (worst, index, box_miss, spec_miss)
+    if closest is not None:
+        _, index, box_miss, spec_miss = closest
+        where = (f"x is outside input box #{index} by {box_miss:.3g}" if box_miss > 0.0
+                 else f"x is in input box #{index}")
+        reach = (f"the onnxruntime outputs miss its unsafe region by {spec_miss:.3g}"
+                 if spec_miss > 0.0 else "the onnxruntime outputs reach its unsafe region")
+        return CexCheck(CORRECT_UP_TO_TOLERANCE, f"only within tolerance {ATOL:g}: {where} and "
+                                                 f"{reach}")
     if best_spec_miss == np.inf:
         return CexCheck(INVALID, f"x is outside every input box of the property (by at least "
                                  f"{best_box_miss:.3g})")

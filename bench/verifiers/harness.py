@@ -306,7 +306,9 @@ def run_instance(verifier: Verifier, instance: Instance, log_dir: Path,
     except Exception as err:
         return _finish(record, Status.ERROR, f"cannot parse the output: {_describe(err)}")
     record.verifier_time = verdict.verifier_time
-    record.decided_by = getattr(verdict, "decided_by", None)
+    record.decided_by = verdict.decided_by
+    if verdict.verifier_time is not None:
+        record.startup_time = max(outcome.wall_time - verdict.verifier_time, 0.0)
     if status is Status.SAT:
         record.cex_check, record.cex_detail = _check_cex(instance, verdict)
     return _finish(record, status, verdict.reason)
@@ -424,7 +426,10 @@ def run_batch(verifier: Verifier, instances: list[Instance], log_dir: Path,
 
     In a record, ``wall_time`` is the tool's own time for the instance where it reports one
     (the harness only sees answers every ``PROGRESS_INTERVAL`` seconds), else the harness's
-    clock; ``peak_memory_mb`` is the peak of the whole process that verified it."""
+    clock; the first instance of each process adds the process's start-up (the time from the
+    process start to the answer, less the tool's own time for it), recorded in ``startup_time``,
+    so that wall times add up to the processes' time as in one-process-per-instance mode.
+    ``peak_memory_mb`` is the peak of the whole process that verified it."""
     grace = _grace(verifier) if grace is None else grace
     log_dir = Path(log_dir)
     emit = on_record or (lambda record: None)
@@ -488,6 +493,7 @@ class _Answer:
     elapsed: float  # harness clock: from the instance's start until its answer was seen
     late: bool  # certainly seen only after the instance's timeout
     started_at: str
+    first: bool  # the process's first answer: its clock started with the process
 
 
 class _BatchWatch:
@@ -551,7 +557,7 @@ class _BatchWatch:
             # The answer came after the previous look: it is late only if even that was late.
             late = previous_look - self.current_start > timeout
             self.answers[index] = _Answer(verdicts[index], now - self.current_start, late,
-                                          self.current_started_at)
+                                          self.current_started_at, first=not self.answers)
             self.restart_clock()
 
 
@@ -619,8 +625,16 @@ def _answer_record(record: RunRecord, instance: Instance, answer: _Answer) -> Ru
     verdict = answer.verdict
     record.started_at = answer.started_at
     record.verifier_time = verdict.verifier_time
+    record.decided_by = verdict.decided_by
     record.wall_time = verdict.verifier_time if verdict.verifier_time is not None \
         else answer.elapsed
+    if answer.first and verdict.verifier_time is not None:
+        # Seen up to PROGRESS_INTERVAL after it was printed: the start-up is that much high at
+        # most.
+        record.startup_time = max(answer.elapsed - verdict.verifier_time, 0.0)
+        record.wall_time = verdict.verifier_time + record.startup_time
+    elif not answer.first and verdict.verifier_time is not None:
+        record.startup_time = 0.0
     try:
         status = Status(verdict.status)
     except ValueError:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import signal
-import sys
-from importlib import metadata
 from pathlib import Path
 
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Status, Verdict, Verifier
+from bench.verifiers.base import (Command, Parameter, Status, Verdict, Verifier, at_least,
+                                  find_executable)
 
 SUMMARY_FILE = "summary.txt"
 
@@ -32,36 +30,22 @@ _ELAPSED = re.compile(r"Total time elapsed:\s*(\d+)\s*milli")
 _ERROR_LINE = re.compile(r"error|exception|cannot|can't|doesn't exist|not found|failed", re.I)
 
 
-def find_executable() -> str | None:
-    """The ``Marabou`` script installed next to this interpreter (the project's virtual
-    environment), else the first one on PATH."""
-    beside = Path(sys.executable).parent / "Marabou"
-    if beside.is_file():
-        return str(beside)
-    return shutil.which("Marabou")
-
-
 @VERIFIERS.register("marabou")
 class Marabou(Verifier):
     name = "marabou"
     complete = True
     install_hint = "pip install maraboupy==2.0.0 (Python 3.11 wheel)"
     parameters = {
-        "num_workers": 1,  # Marabou's --num-workers (parallel DeepSoI workers)
-        "verbosity": 1,  # statistics at start and end only; 2 prints them every few seconds
+        "num_workers": Parameter(int, 1, check=at_least(1),
+                                 help="Marabou's --num-workers (parallel DeepSoI workers)"),
+        "verbosity": Parameter(int, 1, choices=(0, 1, 2),
+                               help="1: statistics at start and end; 2: every few seconds"),
     }
-
-    def is_installed(self) -> bool:
-        return find_executable() is not None
-
-    def version(self) -> str | None:
-        try:
-            return metadata.version("maraboupy")
-        except metadata.PackageNotFoundError:
-            return None
+    executable = "Marabou"
+    package = "maraboupy"
 
     def command(self, instance: Instance, workdir: Path) -> Command:
-        executable = find_executable()
+        executable = find_executable(self.executable)
         if executable is None:
             raise BenchError(f"Marabou is not installed: {self.install_hint}")
         onnx, vnnlib = instance.onnx_path.resolve(), instance.vnnlib_path.resolve()
@@ -76,8 +60,8 @@ class Marabou(Verifier):
         argv = [executable, str(onnx), str(vnnlib),
                 "--timeout", str(seconds),
                 "--summary-file", str(workdir / SUMMARY_FILE),
-                "--num-workers", str(int(self.params["num_workers"])),
-                "--verbosity", str(int(self.params["verbosity"]))]
+                "--num-workers", str(self.params["num_workers"]),
+                "--verbosity", str(self.params["verbosity"])]
         # cwd = workdir: Marabou writes stray files (assignment.txt) into its working directory.
         return Command(argv=argv, env={"OMP_NUM_THREADS": "1"}, cwd=workdir)
 
@@ -102,6 +86,7 @@ class Marabou(Verifier):
         reasons = {Status.TIMEOUT: "Marabou's own timeout", Status.UNKNOWN: "Marabou answered UNKNOWN"}
         reason = reasons.get(status, "")
         return Verdict(status, verifier_time=verifier_time, reason=reason)
+
 
 
 def _elapsed_seconds(stdout: str) -> float | None:

@@ -12,33 +12,14 @@ JSON file beside it with its own elapsed time and, for ``unknown`` and ``timeout
 """
 from __future__ import annotations
 
-import functools
-from importlib import metadata
 from pathlib import Path
 
-from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Status, Verdict, Verifier
+from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier
 from bench.verifiers.worker import RESULT_FILE, STATS_FILE, parse_worker_output, worker_command  # noqa: F401
 
 BOUNDS = ("CROWN", "IBP", "interval")  # the worker's --bounds choices
-
-
-@functools.cache
-def _importable() -> bool:
-    """HiGHS, scipy, onnx2torch, onnxruntime and auto_LiRPA (through the project's patches)
-    import. Cached: importing torch and auto_LiRPA takes seconds."""
-    try:
-        import highspy  # noqa: F401
-        import onnx2torch  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import scipy.sparse  # noqa: F401
-
-        from bench.lirpa_compat import auto_LiRPA  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 @VERIFIERS.register("milp")
@@ -48,22 +29,16 @@ class Milp(Verifier):
     install_hint = ("pip install highspy scipy onnx2torch && pip install --no-deps auto-lirpa==0.3 "
                     "(imported through bench.lirpa_compat)")
     parameters = {
-        "bounds": "CROWN",  # CROWN | IBP | interval: what tightens the big-M constants
+        "bounds": Parameter(str, "CROWN", choices=BOUNDS,
+                            help="what tightens the big-M constants"),
     }
-
-    def is_installed(self) -> bool:
-        return _importable()
-
-    def version(self) -> str | None:
-        try:
-            return f"highspy {metadata.version('highspy')}"
-        except metadata.PackageNotFoundError:
-            return None
+    # HiGHS, scipy, onnx2torch, onnxruntime and auto_LiRPA (through the project's patches).
+    modules = ("highspy", "onnx2torch", "onnxruntime", "scipy.sparse", "bench.lirpa_compat")
+    package = "highspy"
+    version_format = "highspy {version}"
 
     def command(self, instance: Instance, workdir: Path) -> Command:
         bounds = str(self.params["bounds"])
-        if bounds not in BOUNDS:
-            raise BenchError(f"milp: unknown bounds {bounds!r}; choose one of {', '.join(BOUNDS)}")
         return worker_command("bench.verifiers._milp_main", instance, workdir,
                               "--timeout", repr(float(instance.timeout)), "--bounds", bounds)
 

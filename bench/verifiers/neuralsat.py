@@ -17,23 +17,22 @@ a point that failed its own check) and ``early_stop`` (it gave up); both are ``u
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 from email.parser import HeaderParser
 from pathlib import Path
 
 from bench.errors import BenchError
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Status, Verdict, Verifier
+from bench.verifiers.base import (Command, Parameter, Status, Verdict, Verifier, at_least)
+from bench.verifiers.installer import (TOOLS_ENV, VENV_ENV, InstallRecord, Steps,
+                                       install_tool, tool_folder, uninstall_tool, venv_python)
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
 
 PACKAGE = "neuralsat"
 VERSION = "0.2.17"
-TOOLS_ENV = "PRUNE_BENCH_TOOLS"  # the folder that holds every separately installed tool
 RESULT_FILE = "result.txt"
+DEVICES = ("cpu", "cuda")
 # NeuralSAT starts its own clock after importing torch and its modules (a few seconds on a CPU),
 # so its --timeout is this much shorter than the harness's hard limit, so that it usually stops by
 # itself (and says "timeout") before being killed. Never below half the limit.
@@ -50,21 +49,8 @@ _RUNTIME_LINE = re.compile(r"^([a-z_]+),(\d+(?:\.\d+)?)\s*$")
 # --------------------------------------------------------------------------- where it lives
 
 
-def tools_dir() -> Path:
-    """Where separately installed verifiers live: ``$PRUNE_BENCH_TOOLS``, else
-    ``~/.cache/prune-bench/verifiers``."""
-    configured = os.environ.get(TOOLS_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "prune-bench" / "verifiers"
-
-
 def default_venv() -> Path:
-    return tools_dir() / PACKAGE / "venv"
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
+    return tool_folder(PACKAGE) / "venv"
 
 
 def _site_packages(venv: Path) -> list[Path]:
@@ -94,65 +80,25 @@ def installed_version(venv: Path) -> str | None:
     return None
 
 
-def install(target_dir: str | Path | None = None, *, force: bool = False,
-            python: str | None = None) -> Path:
-    """Create a virtual environment at ``target_dir`` (default ``default_venv()``) and
-    ``pip install neuralsat==0.2.17`` into it; returns the venv's folder.
-
-    Does nothing if that version is already installed there, unless ``force``. pip's output goes
-    to this process's stdout/stderr: the install downloads or unpacks several GB (torch's CUDA
-    build) and takes minutes. ``python`` is the interpreter that creates the venv (default: this
-    one; NeuralSAT needs 3.10 to 3.13). Raises ``BenchError`` when a step fails."""
-    venv = Path(target_dir).expanduser() if target_dir is not None else default_venv()
-    if not force and installed_version(venv) == VERSION and find_main(venv) is not None:
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    creator = python or sys.executable
-    if not venv_python(venv).is_file():
-        _run_step([creator, "-m", "venv", str(venv)],
-                  f"cannot create a virtual environment at {venv}")
-    _run_step([str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check",
-               f"{PACKAGE}=={VERSION}"],
-              f"pip could not install {PACKAGE}=={VERSION} into {venv}")
-    problem = _smoke_test(venv)
-    if problem:
-        raise BenchError(f"{PACKAGE} was installed into {venv} but does not start: {problem}")
-    return venv
-
-
-def _run_step(argv: list[str], failure: str) -> None:
-    try:
-        completed = subprocess.run(argv, stdin=subprocess.DEVNULL)
-    except OSError as err:
-        raise BenchError(f"{failure}: {err}") from None
-    if completed.returncode != 0:
-        raise BenchError(f"{failure} (exit code {completed.returncode}; see the output above)")
-
-
-def _smoke_test(venv: Path) -> str:
-    """'' when NeuralSAT's own modules import in the venv (the way main.py imports them), else
-    the last line of the failure."""
+def install_neuralsat(folder: Path, steps: Steps, python: str | None = None) -> InstallRecord:
+    """Build NeuralSAT into ``folder`` (through ``installer.install_tool``): a virtual
+    environment ``folder/venv`` made by ``python`` (default: this one; NeuralSAT needs 3.10 to
+    3.13) with ``neuralsat==0.2.17`` from PyPI (it unpacks several GB: torch's CUDA build), and
+    a check that its modules import."""
+    venv = folder / "venv"
+    steps.make_venv(venv, python)
+    steps.pip(venv, f"installing {PACKAGE}=={VERSION}", f"{PACKAGE}=={VERSION}")
     main = find_main(venv)
     if main is None:
-        return "no src/main.py in its site-packages"
+        raise steps.fail("checking the install", "no src/main.py in its site-packages")
+    # Its own modules, imported the way main.py imports them.
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "import helper.network.read_onnx, helper.spec.objective, verifier.verifier")
-    completed = subprocess.run([str(venv_python(venv)), "-c", code, str(main.parent)],
-                               capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                               env=_clean_env())
-    if completed.returncode == 0:
-        return ""
-    lines = [line for line in completed.stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit code {completed.returncode}"
-
-
-# For the venv's python: the project's PYTHONPATH must not shadow the venv's packages (an empty
-# value adds nothing to sys.path), and neither may a user site.
-_VENV_ENV = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
-
-
-def _clean_env() -> dict[str, str]:
-    return {**os.environ, **_VENV_ENV}
+    steps.run("checking that it starts", [str(venv_python(venv)), "-c", code, str(main.parent)],
+              env=VENV_ENV)
+    return InstallRecord(tool=PACKAGE, location=str(folder), source=f"PyPI {PACKAGE}=={VERSION}",
+                         python=str(venv_python(venv)),
+                         versions={PACKAGE: installed_version(venv) or VERSION})
 
 
 # --------------------------------------------------------------------------- the verifier
@@ -165,10 +111,12 @@ class NeuralSAT(Verifier):
     install_hint = (f"bench verifiers install neuralsat (pip install {PACKAGE}=={VERSION} into "
                     f"its own venv under ${TOOLS_ENV} or ~/.cache/prune-bench/verifiers)")
     parameters = {
-        "venv": "",  # the venv's folder; '' = default_venv()
-        "device": "cpu",  # cpu | cuda
-        "batch": 1000,  # --batch: branches verified per iteration (NeuralSAT's default)
-        "threads": 1,  # OMP/MKL threads (CPU runs are measured single-threaded)
+        "venv": Parameter(str, "", help="the venv's folder; empty: the installed one"),
+        "device": Parameter(str, "cpu", choices=DEVICES),
+        "batch": Parameter(int, 1000, check=at_least(1),
+                           help="--batch: branches verified per iteration (NeuralSAT's default)"),
+        "threads": Parameter(int, 1, check=at_least(1),
+                             help="OMP/MKL threads (CPU runs are measured single-threaded)"),
     }
 
     @property
@@ -182,13 +130,21 @@ class NeuralSAT(Verifier):
     def version(self) -> str | None:
         return installed_version(self.venv)
 
+    def install(self, *, force: bool = False, source: str | None = None, ref: str | None = None,
+                dependencies: dict[str, str] | None = None, echo=print) -> str:
+        if source or ref or dependencies or self.params["venv"]:
+            raise BenchError(f"neuralsat installs {PACKAGE}=={VERSION} from PyPI into "
+                             f"{tool_folder(PACKAGE)}: drop --source/--ref/--dependency and venv=")
+        return install_tool(PACKAGE, install_neuralsat, force=force, echo=echo).summary()
+
+    def uninstall(self, echo=print) -> str:
+        return uninstall_tool(PACKAGE)
+
     def command(self, instance: Instance, workdir: Path) -> Command:
         main = find_main(self.venv)
         if main is None or not venv_python(self.venv).is_file():
             raise BenchError(f"NeuralSAT is not installed in {self.venv}: {self.install_hint}")
         device = str(self.params["device"])
-        if device not in ("cpu", "cuda"):
-            raise BenchError(f"neuralsat: device must be cpu or cuda, got {device!r}")
         onnx, vnnlib = instance.onnx_path.resolve(), instance.vnnlib_path.resolve()
         # NeuralSAT picks its parser by suffix (.onnx or .pth) and reads plain VNN-LIB only.
         if onnx.suffix != ".onnx" or vnnlib.suffix != ".vnnlib":
@@ -198,13 +154,13 @@ class NeuralSAT(Verifier):
                 "--net", str(onnx), "--spec", str(vnnlib),
                 "--device", device,
                 "--timeout", f"{own_timeout(instance.timeout):g}",
-                "--batch", str(int(self.params["batch"])),
+                "--batch", str(self.params["batch"]),
                 "--result_file", str((workdir / RESULT_FILE).resolve()),
                 "--export_cex",
                 "--verbosity", "1"]
-        threads = str(int(self.params["threads"]))
+        threads = str(self.params["threads"])
         # The harness adds these to its own environment.
-        env = {**_VENV_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        env = {**VENV_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # no CUDA initialisation on a GPU machine either
         # cwd = workdir: anything it writes beside itself stays with this instance's logs.
@@ -228,6 +184,7 @@ class NeuralSAT(Verifier):
         verdict = parse_vnncomp_result(text, tool="NeuralSAT")
         verdict.verifier_time = verifier_time
         return verdict
+
 
 
 def own_timeout(timeout: float) -> float:
