@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.verifiers.onnx_torch import (Reference, WorkerError, check_conversion, conv_mode,
-                                        convert, first_line, float32_boxes, io_signature,
-                                        load_instance, prepare_onnx, spec_holds, write_outputs)
+from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
+                                        load_property, spec_holds, write_outputs)
 
 if TYPE_CHECKING:  # torch is imported late at run time (seconds), after the cheap checks
     import torch
@@ -232,28 +231,20 @@ def proved(lower: np.ndarray, specs) -> bool:
 # --------------------------------------------------------------------------- main
 
 
-def verify(args: argparse.Namespace) -> tuple[str, tuple[np.ndarray, np.ndarray] | None, dict]:
-    """``(status, counterexample or None, stats)`` for one instance; raises WorkerError."""
+def verify(args: argparse.Namespace, model: LoadedModel | None = None
+           ) -> tuple[str, tuple[np.ndarray, np.ndarray] | None, dict]:
+    """``(status, counterexample or None, stats)`` for one instance; raises WorkerError.
+    ``model``: the instance's model already loaded (a long-lived worker keeps it)."""
     times: dict[str, float] = {}
     clock = time.perf_counter()
-
-    original, disjuncts, input_name, input_shape, output_shape = load_instance(args.onnx,
-                                                                                 args.vnnlib)
-    n_out = math.prod(output_shape)
-
-    prepared, rewrites = prepare_onnx(original)
-    import torch  # only now: the checks above fail fast, without torch's seconds of import
+    model = model or LoadedModel(args.onnx)
+    import torch
 
     rng = np.random.default_rng(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    _, prepared_shape, _, _ = io_signature(prepared)
-    if prepared_shape[0] != 1:
-        raise WorkerError(f"the model's input {input_shape} does not start with a batch of 1")
-    network = convert(prepared)
-    reference = Reference(args.onnx, input_name, input_shape)
-    boxes = [float32_boxes(box) for box, _ in disjuncts]
-    batched = check_conversion(network, reference, [outer for _, outer in boxes],
-                               prepared_shape, rng)
+    disjuncts, boxes, batched = load_property(model, args.vnnlib, rng)
+    network, reference, n_out = model.network, model.reference, model.n_out
+    prepared_shape, rewrites = model.prepared_shape, model.rewrites
     times["load_s"] = time.perf_counter() - clock  # imports, conversion and its check
 
     details: dict[str, Any] = {"rewrites": rewrites, "disjuncts": len(disjuncts)}
@@ -269,7 +260,7 @@ def verify(args: argparse.Namespace) -> tuple[str, tuple[np.ndarray, np.ndarray]
     times["attack_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    bounder = Bounder(network, prepared_shape, args.method, conv_mode(prepared))
+    bounder = Bounder(network, prepared_shape, args.method, model.conv_mode)
     details["auto_LiRPA"] = bounder.auto_LiRPA.__version__
     proved_count = 0
     for (box, specs), (_, outer) in zip(disjuncts, boxes):

@@ -48,9 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.verifiers.onnx_torch import (Reference, WorkerError, check_conversion, conv_mode,
-                                        convert, first_line, float32_boxes, io_signature,
-                                        load_instance, prepare_onnx, spec_holds, write_outputs)
+from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
+                                        load_property, spec_holds, write_outputs)
 
 EXIT_ERROR = 2
 BOUND_METHODS = {"CROWN": "backward", "IBP": "IBP", "interval": None}
@@ -747,27 +746,19 @@ def confirm(reference: Reference, x: np.ndarray, inner,
     return ((point, y) if spec_holds(y, specs) else None), excess
 
 
-def verify(args: argparse.Namespace, deadline: float,
-           stats: dict[str, Any]) -> tuple[str, Any]:
+def verify(args: argparse.Namespace, deadline: float, stats: dict[str, Any],
+           model: LoadedModel | None = None) -> tuple[str, Any]:
     """The answer and, for ``sat``, the confirmed ``(x, y)``; details go into ``stats`` as they
-    happen, so that they survive an ``OutOfTime``."""
+    happen, so that they survive an ``OutOfTime``. ``model``: the instance's model already
+    loaded (a long-lived worker keeps it)."""
     clock = time.monotonic()
-    original, disjuncts, input_name, input_shape, output_shape = load_instance(args.onnx,
-                                                                                 args.vnnlib)
-    n_in = math.prod(input_shape)
-
-    prepared, rewrites = prepare_onnx(original)
-    _, prepared_shape, _, _ = io_signature(prepared)
-    if prepared_shape[0] != 1:
-        raise WorkerError(f"the model's input {input_shape} does not start with a batch of 1")
-    network = convert(prepared)
-    reference = Reference(args.onnx, input_name, input_shape)
-    boxes = [float32_boxes(box) for box, _ in disjuncts]
+    model = model or LoadedModel(args.onnx)
     rng = np.random.default_rng(0)
-    check_conversion(network, reference, [outer for _, outer in boxes], prepared_shape, rng)
-    stats.update({"rewrites": rewrites, "disjuncts": len(disjuncts), "bounds": args.bounds,
+    disjuncts, boxes, _ = load_property(model, args.vnnlib, rng)
+    network, reference, n_in = model.network, model.reference, model.n_in
+    prepared_shape, mode = model.prepared_shape, model.conv_mode
+    stats.update({"rewrites": model.rewrites, "disjuncts": len(disjuncts), "bounds": args.bounds,
                   "load_s": round(time.monotonic() - clock, 4), "encodings": [], "specs": []})
-    mode = conv_mode(prepared)
 
     unknown_reasons: list[str] = []
     for index, ((box, specs), (inner, outer)) in enumerate(zip(disjuncts, boxes)):

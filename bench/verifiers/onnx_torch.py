@@ -1,11 +1,12 @@
 """ONNX to torch, and the instance files, for this package's worker processes (``lirpa``, ``milp``).
 
-Both workers read an instance the same way: ``load_instance`` reads the ONNX model and the
-VNN-LIB property and checks that they fit each other and that the property is made of boxes;
-``prepare_onnx`` applies three equivalence-preserving rewrites that make foreign VNN-COMP models
-convertible and boundable; ``convert`` turns the model into a torch module with onnx2torch (not a
-hand-written interpreter); ``Reference`` runs the original file with onnxruntime, and
-``check_conversion`` refuses a converted network that disagrees with it. ``write_outputs``
+Both workers read an instance the same way: ``LoadedModel`` reads the ONNX model, applies
+three equivalence-preserving rewrites (``prepare_onnx``) that make foreign VNN-COMP models
+convertible and boundable, turns it into a torch module with onnx2torch (``convert``, not a
+hand-written interpreter) and opens the original file in onnxruntime (``Reference``), once per
+model; ``load_property`` reads a VNN-LIB property, checks that it fits the model and is made of
+boxes, and refuses (``check_conversion``) a converted network that disagrees with onnxruntime on
+points of those boxes. ``write_outputs``
 writes the VNN-COMP result file and its statistics beside it. Any failure is a ``WorkerError``.
 
 The rewrites:
@@ -362,9 +363,38 @@ def spec_holds(y: np.ndarray, specs: list[tuple[np.ndarray, np.ndarray]]) -> boo
     return any(bool(np.all(mat @ y <= rhs)) for mat, rhs in specs)
 
 
-def load_instance(onnx_path: str, vnnlib_path: str):
-    """The ONNX model and the property's disjuncts, checked to fit each other and to be boxes:
-    ``(model, disjuncts, input_name, input_shape, output_shape)``; raises WorkerError."""
+class LoadedModel:
+    """An ONNX model ready to attack and bound: read, rewritten (``prepare_onnx``), converted to
+    torch and opened in onnxruntime once. A long-lived worker keeps it across the properties of
+    the same model; ``load_property`` pairs it with one property."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.original = load_onnx(self.path)
+        self.input_name, self.input_shape, _, self.output_shape = io_signature(self.original)
+        self.prepared, self.rewrites = prepare_onnx(self.original)
+        _, self.prepared_shape, _, _ = io_signature(self.prepared)
+        if self.prepared_shape[0] != 1:
+            raise WorkerError(f"the model's input {self.input_shape} does not start with a "
+                              "batch of 1")
+        self.network = convert(self.prepared)
+        self.reference = Reference(self.path, self.input_name, self.input_shape)
+        self.conv_mode = conv_mode(self.prepared)
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def n_out(self) -> int:
+        return math.prod(self.output_shape)
+
+
+def load_property(model: LoadedModel, vnnlib_path: str | Path, rng: np.random.Generator):
+    """The property's disjuncts, checked to fit ``model`` and to be boxes, and the converted
+    network checked against onnxruntime on points of those boxes: ``(disjuncts, boxes,
+    batched)`` with ``boxes`` the ``float32_boxes`` of each disjunct and ``batched`` whether the
+    network computes a batch correctly. Raises WorkerError."""
     from bench.errors import BenchError
     from bench.formats.vnnlib import read_vnnlib
 
@@ -372,11 +402,17 @@ def load_instance(onnx_path: str, vnnlib_path: str):
         n_in, n_out, disjuncts = read_vnnlib(vnnlib_path)
     except BenchError as err:
         raise WorkerError(str(err)) from None
-    original = load_onnx(onnx_path)
-    input_name, input_shape, _, output_shape = io_signature(original)
-    if math.prod(input_shape) != n_in or math.prod(output_shape) != n_out:
+    if model.n_in != n_in or model.n_out != n_out:
         raise WorkerError(f"the property has {n_in} inputs and {n_out} outputs, the model "
-                          f"{input_shape} and {output_shape}")
+                          f"{model.input_shape} and {model.output_shape}")
+    _require_boxes(disjuncts)
+    boxes = [float32_boxes(box) for box, _ in disjuncts]
+    batched = check_conversion(model.network, model.reference, [outer for _, outer in boxes],
+                               model.prepared_shape, rng)
+    return disjuncts, boxes, batched
+
+
+def _require_boxes(disjuncts) -> None:
     if not disjuncts:
         raise WorkerError("the property has no input box")
     for box, _ in disjuncts:
@@ -384,7 +420,6 @@ def load_instance(onnx_path: str, vnnlib_path: str):
             raise WorkerError("an input is unbounded in the property; only boxes are supported")
         if np.any(box[:, 0] > box[:, 1]):
             raise WorkerError("an input box of the property is empty (lower > upper)")
-    return original, disjuncts, input_name, input_shape, output_shape
 
 
 def write_outputs(result: Path, status: str, cex: tuple[np.ndarray, np.ndarray] | None,
