@@ -18,7 +18,14 @@
   CROWN bounds of the BN input (the conv output), taken from auto_LiRPA's conv node; for a
   ReLU without BN (after a Linear layer), its pre-activation bounds;
 - ``unstable_ratio`` (Fig. 6): the fraction of ReLU neurons with ``l < 0 < u``, averaged over
-  samples, and ``unstable_ratio_per_layer`` (one entry per ReLU layer, in graph order).
+  samples, and ``unstable_ratio_per_layer`` (one entry per ReLU layer, in graph order);
+- ``per_sample``: per sample, in the order given, the number of ReLU neurons with ``l < 0 < u``
+  under that sample's box: ``unstable_relus`` from the CROWN bounds above, ``unstable_relus_ibp``
+  from the IBP bounds of the IBP verification (a by-product: no bound is computed for it). A
+  sample's box is its property's, so these say how many ReLUs a verifier has to split or encode
+  with a binary variable on that instance (the export writes them into each instance's entry).
+
+``count_relus`` counts a network's ReLU neurons (the manifest's ``relus`` per model).
 
 Everything runs on a copy of the model in eval mode (BN uses the running statistics, which
 stay untouched) with its parameters frozen.
@@ -79,6 +86,39 @@ def _pgd_robust(model: nn.Module, normalizer: Normalizer, x: torch.Tensor, y: to
     return robust
 
 
+def _unstable(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """The neurons whose pre-activation bounds straddle 0 (``l < 0 < u``)."""
+    return (lower < 0) & (upper > 0)
+
+
+def _unstable_per_sample(relus: list, batch: int) -> list[int]:
+    """Per sample of the batch: ReLU neurons with ``l < 0 < u`` under the bounds that the last
+    ``compute_bounds`` left on the ReLUs' inputs."""
+    counts = torch.zeros(batch, dtype=torch.long)
+    for relu in relus:
+        source = relu.inputs[0]
+        counts += _unstable(source.lower, source.upper).reshape(batch, -1).sum(1).cpu()
+    return [int(c) for c in counts]
+
+
+def count_relus(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """ReLU neurons of ``model`` (``nn.ReLU`` modules, as every model of ``bench.models`` uses)
+    on one input of ``input_shape``, e.g. those of the exported network."""
+    sizes: list[int] = []
+    hooks = [module.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
+             for module in model.modules() if isinstance(module, nn.ReLU)]
+    training = model.training
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes)
+
+
 class _LayerStats:
     """Sums over samples of one bound set's instability and unstable counts, per ReLU layer."""
 
@@ -88,7 +128,7 @@ class _LayerStats:
         self.neurons: list[int] = []  # neurons per sample in the layer
 
     def add(self, index: int, lower: torch.Tensor, upper: torch.Tensor) -> None:
-        unstable = (lower < 0) & (upper > 0)
+        unstable = _unstable(lower, upper)
         instability = float((-lower * upper)[unstable].sum())
         if index == len(self.instability):
             self.instability.append(0.0)
@@ -126,6 +166,7 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
 
     correct = pgd = ibp_ok = crown_ok = 0
     pre_act, pre_bn = _LayerStats(), _LayerStats()
+    per_sample: dict[str, list[int]] = {"unstable_relus": [], "unstable_relus_ibp": []}
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         with torch.no_grad():
@@ -143,11 +184,14 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
                     x=(auto_LiRPA.BoundedTensor(normalizer(xb), ptb),), C=spec, method=method,
                     bound_upper=False)
                 verified = int(((margin > 0).all(1) & clean).sum())
+                # The ReLU inputs now hold this method's bounds (CROWN's: its intermediate
+                # bounds).
                 if method == "IBP":
                     ibp_ok += verified
+                    per_sample["unstable_relus_ibp"] += _unstable_per_sample(relus, len(xb))
                 else:
                     crown_ok += verified
-            # After the CROWN call the ReLU inputs hold CROWN's intermediate bounds.
+                    per_sample["unstable_relus"] += _unstable_per_sample(relus, len(xb))
             for index, relu in enumerate(relus):
                 source = relu.inputs[0]
                 pre_act.add(index, source.lower, source.upper)
@@ -175,4 +219,31 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
         "unstable_ratio": sum(pre_act.unstable) / (n * total_neurons),
         "unstable_ratio_per_layer": [u / (n * k) for u, k in zip(pre_act.unstable,
                                                                   pre_act.neurons)],
+        "per_sample": per_sample,
     }
+
+
+def unstable_relus_per_sample(network: nn.Module, lower: torch.Tensor, upper: torch.Tensor,
+                              batch_size: int = 100, bound_opts: dict | None = None
+                              ) -> dict[str, list[int]]:
+    """Per box ``[lower[i], upper[i]]`` (in ``network``'s input coordinates): its ReLU neurons
+    with ``l < 0 < u`` from IBP (``unstable_relus_ibp``) and CROWN (``unstable_relus``) bounds,
+    computed as ``level_metrics`` computes them (IBP first, then CROWN, whose intermediate
+    bounds do not depend on the output specification). For networks ``level_metrics`` does not
+    see, e.g. a benchmark's ONNX models converted to torch."""
+    frozen = copy.deepcopy(network).eval()
+    frozen.requires_grad_(False)
+    bounded = auto_LiRPA.BoundedModule(frozen, torch.zeros(1, *lower.shape[1:]),
+                                       bound_opts=bound_opts or {}, device="cpu")
+    bounded.eval()
+    relus = [node for node in bounded.modules() if isinstance(node, BoundRelu)]
+    counts: dict[str, list[int]] = {"unstable_relus": [], "unstable_relus_ibp": []}
+    with torch.no_grad():
+        for start in range(0, lower.shape[0], batch_size):
+            lo, hi = lower[start:start + batch_size], upper[start:start + batch_size]
+            for method, name in (("IBP", "unstable_relus_ibp"), ("backward", "unstable_relus")):
+                ptb = PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
+                bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor((lo + hi) / 2, ptb),),
+                                       method=method, bound_upper=method == "IBP")
+                counts[name] += _unstable_per_sample(relus, len(lo))
+    return counts
