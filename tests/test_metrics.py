@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from bench.data import load_dataset
-from bench.build.metrics import level_metrics
+from bench.build.metrics import count_relus, level_metrics, unstable_relus_per_sample
 from bench.models import build_model
 from bench.models.normalize import Normalizer
 
 KEYS = {"samples", "eps", "standard_accuracy", "pgd_accuracy", "pgd", "ibp_verified_accuracy",
         "crown_verified_accuracy", "instability", "instability_pre_bn", "instability_bounds",
-        "unstable_ratio", "unstable_ratio_per_layer"}
+        "unstable_ratio", "unstable_ratio_per_layer", "per_sample"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,6 +65,7 @@ def test_keys_and_the_order_of_accuracies(setup):
 
 def test_at_eps_zero_everything_collapses_to_standard_accuracy(setup):
     result = metrics(setup, 0.0)
+    assert result["per_sample"] == {"unstable_relus": [0] * 40, "unstable_relus_ibp": [0] * 40}
     standard = result["standard_accuracy"]
     assert result["pgd_accuracy"] == standard
     assert result["ibp_verified_accuracy"] == standard
@@ -95,3 +96,40 @@ def test_deterministic_and_leaves_the_model_alone(setup):
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), name
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_count_relus_of_cnn4_on_digits(setup):
+    model, *_ = setup
+    # 8 x 4 x 4 after the first strided conv, 16 x 2 x 2 after the second, 64 in the FC layer.
+    assert count_relus(model, (1, 8, 8)) == 8 * 4 * 4 + 16 * 2 * 2 + 64 == 256
+    model.train()
+    try:
+        count_relus(model, (1, 8, 8))
+        assert model.training  # its mode is its own
+    finally:
+        model.eval()
+
+
+def test_per_sample_unstable_relus_add_up_to_the_unstable_ratio(setup):
+    model, x, _, normalizer = setup
+    result = metrics(setup, 0.03)
+    per_sample = result["per_sample"]
+    relus = count_relus(model, (1, 8, 8))
+    assert set(per_sample) == {"unstable_relus", "unstable_relus_ibp"}
+    for counts in per_sample.values():
+        assert len(counts) == 40 and all(isinstance(c, int) and 0 <= c <= relus for c in counts)
+    assert len(set(per_sample["unstable_relus"])) > 1  # they differ from sample to sample
+    # The per-level ratio is their mean over samples and neurons (same CROWN bounds).
+    assert sum(per_sample["unstable_relus"]) == pytest.approx(
+        result["unstable_ratio"] * 40 * relus, abs=1e-6)
+    # IBP bounds are looser: more unstable neurons overall.
+    assert sum(per_sample["unstable_relus_ibp"]) > sum(per_sample["unstable_relus"])
+
+
+def test_counts_from_any_network_and_box_match_the_builds(setup):
+    """What pack computes for samples the build did not see, on a network given its boxes in
+    its own input coordinates, is what level_metrics computes."""
+    model, x, _, normalizer = setup
+    expected = metrics(setup, 0.03)["per_sample"]
+    lower, upper = normalizer.box(x, 0.03)
+    assert unstable_relus_per_sample(model, lower, upper, batch_size=16) == expected

@@ -18,20 +18,21 @@ page and the packed benchmark's README show one thing.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from bench.collate import figures, hardness, render
 from bench.collate.check_results import SCORE_HEADERS, SCORING_RULE, check_rows, score_cells
-from bench.collate.difficulty import BenchmarkDifficulty, class_table, difficulty_csv, \
-    disputed_lines
+from bench.collate.difficulty import DEFAULT_THRESHOLDS, BenchmarkDifficulty, Thresholds, \
+    assess_results, class_table, difficulty_csv, disputed_lines, read_results_rows
 from bench.collate.render import Block, Link
 
 HARDNESS_RULE = (
     "Spearman's ρ between the instance's unstable ReLUs under its property's box (from the "
-    "build's CROWN or IBP bounds) and the solve time; sat and unsat at their time, timeout at "
-    "the timeout (censored: it ties at the top of the ranking), unknown and error left out. "
+    "build's CROWN or IBP bounds) and the solve time; unsat and sat with a valid "
+    "counterexample at their time, timeout at the timeout (censored: it ties at the top of the ranking), unknown and error left out. "
     "The virtual best row ranks the reference time of each instance (the fastest agreeing "
     "answer; open instances at the timeout; disputed ones left out): that is the predicted "
     "hardness score's rank correlation with measured difficulty. ρ > 0: more unstable ReLUs, "
@@ -126,3 +127,28 @@ def write_views(assessed: BenchmarkDifficulty, rows: Sequence[dict], out_dir: Pa
                                           rel("hardness_png")]))
     views.blocks.append(Block("p", [HARDNESS_RULE]))
     return views
+
+
+def write_index(results: Sequence[str | Path], out_dir: Path,
+                thresholds: Thresholds = DEFAULT_THRESHOLDS
+                ) -> tuple[Path, list[tuple[str, str]]]:
+    """``bench difficulty``: the views of every benchmark in the results databases (combined),
+    and ``index.md`` / ``index.html`` over them; returns the index and the benchmarks that
+    could not be assessed (no manifest), with why."""
+    rows = read_results_rows(results)
+    assessed, skipped = assess_results(rows, thresholds)
+    out_dir = Path(out_dir)
+    blocks = [Block("h1", ["Difficulty, cactus plots, scores, time vs instability"]),
+              Block("p", [f"From {', '.join(map(str, results))}."])]
+    for item in assessed:
+        blocks += write_views(item, rows, out_dir, render_safe(item.benchmark)).blocks
+    if skipped:
+        blocks += [Block("h2", ["Not assessed"]),
+                   Block("list", [[f"{name}: {why}"] for name, why in skipped])]
+    render.write_text(out_dir / "index.html", render.render_html(blocks, "difficulty"))
+    return render.write_text(out_dir / "index.md", render.render_markdown(blocks)), skipped
+
+
+def render_safe(name: str) -> str:
+    """``name`` as a file name: anything but ASCII letters, digits, ``.``, ``_``, ``-`` is ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

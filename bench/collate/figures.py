@@ -255,8 +255,10 @@ def plot_cactus(assessed: BenchmarkDifficulty, path: Path) -> Path:
 def plot_difficulty(assessed: BenchmarkDifficulty, path: Path) -> Path:
     """Instances per difficulty class, stacked, one bar per level."""
     levels = assessed.levels
-    figure, axes = _new_figure(1, 1, f"Difficulty per level: {assessed.benchmark}\n"
-                                     f"{assessed.thresholds.describe()}", 6.4, 4.4)
+    thresholds = assessed.thresholds
+    figure, axes = _new_figure(1, 1, f"Difficulty per level: {assessed.benchmark}\neasy <= "
+                                     f"{thresholds.easy:.0%}, medium <= {thresholds.medium:.0%} "
+                                     "of the timeout", 6.4, 4.4)
     ax = axes[0][0]
     bottom = np.zeros(len(levels))
     for name in CLASSES:
@@ -269,7 +271,6 @@ def plot_difficulty(assessed: BenchmarkDifficulty, path: Path) -> Path:
     ax.set_ylabel("instances")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    figure.suptitle(f"Difficulty per level: {assessed.benchmark}", fontsize=11)
     return _save(figure, path)
 
 

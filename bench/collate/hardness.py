@@ -6,7 +6,8 @@ instance's unstable ReLUs under its property's box (the manifest's ``unstable_re
 build's CROWN bounds; and ``unstable_relus_ibp``, from IBP) and the verifier's solve time on it
 (``bench.collate.difficulty.solve_time``), with its p-value and N. Which answers count:
 
-- ``sat`` and ``unsat``: their solve time;
+- ``unsat`` and ``sat`` with a valid counterexample: their solve time (a ``sat`` without one
+  decides nothing, and is left out);
 - ``timeout``: the timeout (the time is censored: at least that much). Ranks only need the
   order, and a timeout took longer than every decided instance, so it ties at the top;
 - ``unknown`` and ``error``: left out, since giving up or failing says nothing about how long
@@ -45,7 +46,7 @@ def verifier_point(item: InstanceDifficulty, verifier: str) -> tuple[float, bool
     answer = item.answers.get(verifier)
     if answer is None:
         return None
-    if answer.status in (Status.SAT.value, Status.UNSAT.value) and answer.time is not None:
+    if answer.decisive and answer.time is not None:
         return answer.time, False
     if answer.status == Status.TIMEOUT.value and item.timeout is not None:
         return item.timeout, True

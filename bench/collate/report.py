@@ -8,7 +8,6 @@ per experiment on what the data support first, then provenance, tables, figures 
 """
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench.collate import figures, render, stats
-from bench.collate.authors import Views, write_views
+from bench.collate.authors import Views, render_safe, write_views
 from bench.collate.difficulty import assess_benchmark
 from bench.collate.aggregate import Group, Run, Setting, make_groups, make_run, setting_of, \
     summary_rows, SummaryRow
@@ -46,11 +45,6 @@ def make_tables(results_path: Path, out_dir: Path) -> list[Path]:
     written += write_report(results, out_dir, per_benchmark)
     written.append(render.write_text(out_dir / "index.md", index_markdown(per_benchmark)))
     return written
-
-
-def render_safe(name: str) -> str:
-    """``name`` as a file name: anything but ASCII letters, digits, ``.``, ``_``, ``-`` is ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 @dataclass

@@ -258,10 +258,16 @@ def verified_accuracy(results_path: str | Path, benchmark: str, verifier: str
     """Verified accuracy in percent per level of ``benchmark`` by ``verifier``, as ``bench
     tables`` computes it (unsat on a correctly classified sample), for the levels whose every
     instance has a result; levels with missing results are left out (unknown, not zero)."""
-    rows = [r for r in read_rows(Path(results_path))
-            if r["benchmark"] == benchmark and r["verifier"] == verifier]
+    return verified_accuracy_of(read_rows(Path(results_path)), benchmark, verifier,
+                                str(results_path))
+
+
+def verified_accuracy_of(rows: list[dict], benchmark: str, verifier: str, source: str
+                         ) -> dict[int, float]:
+    """``verified_accuracy`` of rows already read; ``source`` names where they came from."""
+    rows = [r for r in rows if r["benchmark"] == benchmark and r["verifier"] == verifier]
     if not rows:
-        raise BenchError(f"{results_path} has no results of {verifier} on {benchmark}; "
+        raise BenchError(f"{source} has no results of {verifier} on {benchmark}; "
                          "run `bench run` first")
     table = build_table(benchmark, verifier, rows)
     return {row.level: row.verified_accuracy for row in table.rows if row.missing == 0}

@@ -640,11 +640,14 @@ def _regenerating(r: _ReadmeInputs, count: int) -> list[str]:
 
 # --- verified accuracy ------------------------------------------------------------------------
 
-def verified_accuracy_from_db(results_path: str | Path, benchmark_name: str,
+def verified_accuracy_from_db(results: str | Path | Sequence[str | Path], benchmark_name: str,
                               verifier: str) -> dict[int, float]:
     """Verified accuracy in percent per level, as ``bench tables`` computes it (unsat on a
     correctly classified sample), for levels whose every instance has a result; levels with
-    missing results are left out (unknown, not zero)."""
-    from bench.collate.tables import verified_accuracy
+    missing results are left out (unknown, not zero). ``results``: one database or several
+    (combined as ``bench merge`` would)."""
+    from bench.collate.tables import verified_accuracy_of
 
-    return verified_accuracy(results_path, benchmark_name, verifier)
+    paths = [results] if isinstance(results, (str, Path)) else list(results)
+    return verified_accuracy_of(read_results_rows(paths), benchmark_name, verifier,
+                                ", ".join(map(str, paths)))
