@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -77,18 +77,6 @@ def _expected(item: InstanceDifficulty) -> str:
     return item.outcome if item.outcome in ("sat", "unsat") else "undecided"
 
 
-def _interleaved(items: list[InstanceDifficulty], rank: dict[int, int]
-                 ) -> list[InstanceDifficulty]:
-    """``items`` in the fixed random order, cycling through the levels: the first of every
-    level, then the second of every level, ..."""
-    by_level: dict[int, list[InstanceDifficulty]] = defaultdict(list)
-    for item in sorted(items, key=lambda i: rank[id(i)]):
-        by_level[item.level].append(item)
-    return [item for _, item in sorted(
-        ((position, level), item) for level, members in by_level.items()
-        for position, item in enumerate(members))]
-
-
 def select_graded(assessed: BenchmarkDifficulty, budget: float,
                   include_trivial: bool = False) -> GradedSelection:
     """The graded selection of ``assessed``'s instances within ``budget`` seconds of timeouts
@@ -109,15 +97,15 @@ def select_graded(assessed: BenchmarkDifficulty, budget: float,
             f"{found}); run more verifiers, longer timeouts, or pass --include-trivial")
     order = np.random.default_rng(0).permutation(len(candidates))
     rank = {id(candidates[k]): position for position, k in enumerate(order)}
-    queues: dict[str, dict[str, list[InstanceDifficulty]]] = defaultdict(dict)
-    for name in ORDER:
-        for expected in EXPECTED:
-            members = [i for i in candidates if i.difficulty == name and _expected(i) == expected]
-            if members:
-                queues[name][expected] = _interleaved(members, rank)[::-1]  # pop() takes next
+    # class -> expected outcome -> level -> its candidates, next one last (for pop()).
+    queues: dict[str, dict[str, dict[int, list[InstanceDifficulty]]]] = {}
+    for item in sorted(candidates, key=lambda i: -rank[id(i)]):
+        queues.setdefault(item.difficulty, {}).setdefault(_expected(item), {}) \
+            .setdefault(item.level, []).append(item)
     last: dict[str, str] = {}
+    taken: Counter = Counter()  # chosen instances per level
     used = 0.0
-    while any(queues.values()):
+    while queues:
         for name in ORDER:
             buckets = queues.get(name)
             if not buckets:
@@ -125,12 +113,16 @@ def select_graded(assessed: BenchmarkDifficulty, budget: float,
             # Alternate expected outcomes within the class: the one not taken last, if any.
             expected = next((e for e in EXPECTED if e in buckets and e != last.get(name)),
                             next(iter(buckets)))
-            item = buckets[expected].pop()
-            if not buckets[expected]:
-                del buckets[expected]
+            levels = buckets[expected]
+            level = min(levels, key=lambda lv: (taken[lv], rank[id(levels[lv][-1])]))
+            item = levels[level].pop()
+            for emptied, holder in ((level, levels), (expected, buckets), (name, queues)):
+                if not holder[emptied]:
+                    del holder[emptied]
             last[name] = expected
             if used + float(item.timeout) <= budget + 1e-9:
                 selection.chosen.append(item)
+                taken[item.level] += 1
                 used += float(item.timeout)
             else:
                 selection.over_budget[name] += 1
@@ -151,9 +143,9 @@ def rule_text(selection: GradedSelection) -> str:
             "easy, medium, hard and open ones are candidates, " + trivial + "; disputed and "
             "unmeasured ones never. Round after round, each difficulty class that still has "
             "candidates gives one instance (hard, open, medium, easy, trivial), alternating "
-            "expected unsat and sat within a class, cycling through the levels in a fixed "
-            "pseudo-random order (numpy default_rng(0)); an instance whose timeout no longer "
-            "fits the budget is passed over. So the classes are as equally represented as the "
+            "expected unsat and sat within a class, from the level with the fewest instances "
+            "chosen so far (ties broken by a fixed pseudo-random order, numpy default_rng(0)); "
+            "an instance whose timeout no longer fits the budget is passed over. So the classes are as equally represented as the "
             "measurements allow and expected outcomes are balanced within each class.")
 
 
