@@ -9,7 +9,6 @@ import matplotlib.image
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from bench.build.export import ExportedModel, write_benchmark
 from bench.collate import hardness, stats
@@ -19,19 +18,11 @@ from bench.collate.report import make_tables
 from bench.errors import BenchError
 from bench.formats.folder import load_manifest
 from bench.run.results import COLUMNS, ResultsDB
+from test_tables import always_class_0  # predicts class 0: labels (0, 0, 0, 1, 0) make
+#                                          sample 3 the one misclassified
 
 TIMEOUT = 60.0
 UNSTABLE = {0: [10, 20, 30, 0, 40], 1: [5, 6, 7, 8, 9]}
-
-
-def always_class_0(seed: int) -> nn.Module:
-    """Predicts class 0 on every input: labels (0, 0, 0, 1, 0) make sample 3 misclassified."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(2 * 4 * 4, 3))
-    with torch.no_grad():
-        model[4].bias.copy_(torch.tensor([100.0, 0.0, 0.0]))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,19 @@ def test_graded_pack_passes_check_and_takes_every_graded_class(source, graded):
     assert manifest["benchmark_hash"] == read_listing(graded).benchmark_hash
 
 
+def test_generate_properties_in_a_graded_pack(graded, tmp_path):
+    """VNN-COMP's rerun draws a stratified selection on the shipped models; still checks."""
+    folder = shutil.copytree(graded, tmp_path / "rerun")
+    done = _run_script(folder, 5)
+    assert done.returncode == 0, done.stderr
+    assert check_benchmark(folder) == []
+    pool = np.load(folder / "data" / "pool.npz", allow_pickle=False)
+    rows = _rows(folder)
+    assert {r[0] for r in rows} == {str(m) for m in pool["onnx"]}
+    assert len(rows) == len(pool["onnx"]) * int(pool["properties"])
+    assert sum(float(r[2]) for r in rows) <= float(pool["max_total_timeout"])
+
+
 def test_budget_is_filled_with_a_mix_of_classes(source, results, tmp_path):
     packed = pack_benchmark(source, tmp_path / "small", select="graded", results=[results],
                             max_total_timeout=5 * TIMEOUT)

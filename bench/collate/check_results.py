@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.collate.tables import find_manifest, instance_key
+from bench.collate.tables import benchmark_manifests, instance_key
 from bench.errors import BenchError
 from bench.run.results import read_rows
 from bench.verifiers.base import Status
@@ -220,23 +220,12 @@ def _misclassified_instances(rows: list[dict]
                              ) -> tuple[dict[InstanceKey, dict], list[tuple[str, str]]]:
     """The instances whose manifest marks the sample as misclassified (``correct`` false), and
     the benchmarks whose manifest could not be read (with why)."""
-    by_benchmark: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_benchmark[row["benchmark"]].append(row)
+    found, unchecked = benchmark_manifests(rows)
     misclassified: dict[InstanceKey, dict] = {}
-    unchecked: list[tuple[str, str]] = []
-    for benchmark, members in sorted(by_benchmark.items()):
-        try:
-            found = find_manifest(members)
-        except BenchError as err:
-            unchecked.append((benchmark, str(err)))
-            continue
-        if found is None:
-            unchecked.append((benchmark, "no manifest.json in the folder the results name"))
-            continue
-        instances = found[1].get("instances")
+    for benchmark, members, root, manifest in found:
+        instances = manifest.get("instances")
         if not isinstance(instances, list):
-            unchecked.append((benchmark, f"{found[0]}: the manifest lists no instances"))
+            unchecked.append((benchmark, f"{root}: the manifest lists no instances"))
             continue
         wrong = {instance_key(i["onnx"], i["vnnlib"]): i for i in instances
                  if isinstance(i, dict) and i.get("correct") is False

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from bench.collate.check_results import VALID_CEX
-from bench.collate.tables import find_manifest, instance_key
+from bench.collate.tables import benchmark_manifests, instance_key
 from bench.errors import BenchError
 from bench.run.results import KEY, read_rows
 from bench.verifiers.base import Status
@@ -320,22 +320,9 @@ def assess_results(rows: Sequence[dict], thresholds: Thresholds = DEFAULT_THRESH
                    ) -> tuple[list[BenchmarkDifficulty], list[tuple[str, str]]]:
     """``assess_benchmark`` for every benchmark in ``rows`` whose folder still holds its
     manifest, sorted by name; and the benchmarks that could not be assessed, with why."""
-    by_benchmark: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_benchmark[row["benchmark"]].append(row)
-    assessed, skipped = [], []
-    for benchmark, members in sorted(by_benchmark.items()):
-        try:
-            found = find_manifest(members)
-        except BenchError as err:
-            skipped.append((benchmark, str(err)))
-            continue
-        if found is None:
-            skipped.append((benchmark, "no manifest.json in the folder the results name"))
-            continue
-        root, manifest = found
-        assessed.append(assess_benchmark(benchmark, manifest, members, root, thresholds))
-    return assessed, skipped
+    found, skipped = benchmark_manifests(list(rows))
+    return [assess_benchmark(benchmark, manifest, members, root, thresholds)
+            for benchmark, members, root, manifest in found], skipped
 
 
 # --- tables -----------------------------------------------------------------------------------

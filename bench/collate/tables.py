@@ -134,6 +134,27 @@ def find_manifest(rows: list[dict]) -> tuple[Path, dict] | None:
     return None
 
 
+def benchmark_manifests(rows: list[dict]
+                        ) -> tuple[list[tuple[str, list[dict], Path, dict]], list[tuple[str, str]]]:
+    """The rows grouped by benchmark, sorted by name, each with the folder and manifest it came
+    from (``find_manifest``); and the benchmarks without a readable manifest, with why."""
+    by_benchmark: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_benchmark[row["benchmark"]].append(row)
+    found, missing = [], []
+    for benchmark, members in sorted(by_benchmark.items()):
+        try:
+            located = find_manifest(members)
+        except BenchError as err:
+            missing.append((benchmark, str(err)))
+            continue
+        if located is None:
+            missing.append((benchmark, "no manifest.json in the folder the results name"))
+            continue
+        found.append((benchmark, members, *located))
+    return found, missing
+
+
 def manifest_for(benchmark: str, rows: list[dict]) -> tuple[Path, dict]:
     """``find_manifest``, with a ``BenchError`` that says what to do when there is none."""
     found = find_manifest(rows)
