@@ -136,4 +136,4 @@ def summary_sentence(assessed: BenchmarkDifficulty, rows: Sequence[HardnessRow])
                 f"{p_text(overall)}, N = {overall.n})")
     levels = [f"level {level}: {rho_text(c)} (p {p_text(c)}, N {c.n})"
               for level, c in reference.items() if level != ALL_LEVELS]
-    return text + ("; per level " + "; ".join(levels) if levels else "") + "."
+    return text + ("; " + "; ".join(levels) if levels else "") + "."

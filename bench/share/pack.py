@@ -560,7 +560,10 @@ def _readme(r: _ReadmeInputs) -> str:
         lines.append(f"- **Reduced**: the benchmark has {wanted} properties per model; "
                      f"{wanted} x {len(models)} x {timeout:g} s would exceed the cap, so {count} "
                      "properties per model are kept (the first ones).")
-    if r.seed is None:
+    if r.seed is None and r.shipment.graded is not None:
+        lines.append("- Shipped: the build's own property files of the chosen instances, byte "
+                     "for byte.")
+    elif r.seed is None:
         lines.append("- Shipped: the build's own properties (the first test samples, whether or "
                      "not a model classifies them correctly), byte for byte.")
     else:
