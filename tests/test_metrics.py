@@ -1,6 +1,7 @@
 """Per-level metrics: accuracies, verified accuracies, neuron instability."""
 import pytest
 import torch
+from torch import nn
 
 from bench.data import load_dataset
 from bench.build.metrics import count_relus, level_metrics, unstable_relus_per_sample
@@ -122,8 +123,9 @@ def test_per_sample_unstable_relus_add_up_to_the_unstable_ratio(setup):
     # The per-level ratio is their mean over samples and neurons (same CROWN bounds).
     assert sum(per_sample["unstable_relus"]) == pytest.approx(
         result["unstable_ratio"] * 40 * relus, abs=1e-6)
-    # For this naturally trained model IBP bounds are looser: more unstable neurons overall
-    # (not so for every model: certified training can make IBP the tighter one).
+    # CROWN's intermediate bounds are intersected with IBP's: never more unstable ReLUs.
+    assert all(c <= i for c, i in zip(per_sample["unstable_relus"],
+                                      per_sample["unstable_relus_ibp"]))
     assert sum(per_sample["unstable_relus_ibp"]) > sum(per_sample["unstable_relus"])
 
 
@@ -134,3 +136,30 @@ def test_counts_from_any_network_and_box_match_the_builds(setup):
     expected = metrics(setup, 0.03)["per_sample"]
     lower, upper = normalizer.box(x, 0.03)
     assert unstable_relus_per_sample(model, lower, upper, batch_size=16) == expected
+    # A sample's counts are its own, whatever shares its batch (auto_LiRPA bounds with CROWN
+    # only the neurons IBP finds unstable in some sample of the batch).
+    assert unstable_relus_per_sample(model, lower[5:], upper[5:], batch_size=7) == \
+        {name: counts[5:] for name, counts in expected.items()}
+    alone = unstable_relus_per_sample(model, lower[3:4], upper[3:4])
+    assert alone == {name: counts[3:4] for name, counts in expected.items()}
+
+
+def test_a_samples_counts_do_not_depend_on_the_rest_of_its_batch():
+    """auto_LiRPA bounds with CROWN only the neurons IBP finds unstable in some sample of the
+    batch, and here CROWN's bound of the second ReLU is looser than IBP's: z2 = relu(x1) + x2
+    with x1 in [-0.9, 1] and x2 = 0.2 is in [0.2, 1.2] by IBP, but CROWN's lower relaxation
+    relu(x1) >= x1 gives -0.7. Sample B (x2 = -0.5) makes z2 IBP-unstable, so next to B,
+    sample A would get CROWN's bound; intersected with IBP's, A has one unstable ReLU (x1)
+    wherever it is."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1), nn.ReLU(), nn.Linear(1, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0, -1.0]]))  # relu(x1) + x2
+        net[2].bias.zero_()
+    lower = torch.tensor([[-0.9, 0.2], [-0.9, -0.5]])
+    upper = torch.tensor([[1.0, 0.2], [1.0, -0.5]])
+    alone = unstable_relus_per_sample(net, lower[:1], upper[:1])
+    together = unstable_relus_per_sample(net, lower, upper)
+    assert alone == {"unstable_relus": [1], "unstable_relus_ibp": [1]}
+    assert together == {"unstable_relus": [1, 2], "unstable_relus_ibp": [1, 2]}

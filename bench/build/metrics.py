@@ -13,7 +13,12 @@
 - ``instability`` (paper eq. 1): the sum over ReLU neurons with ``l < 0 < u`` of ``-l*u``,
   averaged over samples. The bounds are CROWN's intermediate bounds, i.e. those that the
   CROWN verification above is computed from (the first layer's are exact interval bounds of
-  an affine map of the box; every later layer's come from a full CROWN backward pass);
+  an affine map of the box; every later layer's come from a full CROWN backward pass,
+  intersected with the IBP bounds of the same layer, as complete verifiers intersect them).
+  The intersection also makes every number here a property of each sample alone: auto_LiRPA
+  computes CROWN bounds only for the neurons that IBP finds unstable in SOME sample of the
+  batch, and CROWN bounds (looser than IBP's for some neurons of certifiably trained networks)
+  would otherwise make a sample's figures depend on which samples share its batch;
 - ``instability_pre_bn``: the same on pre-BN bounds (Fig. 5): for a ReLU fed by BatchNorm, the
   CROWN bounds of the BN input (the conv output), taken from auto_LiRPA's conv node; for a
   ReLU without BN (after a Linear layer), its pre-activation bounds;
@@ -89,6 +94,26 @@ def _pgd_robust(model: nn.Module, normalizer: Normalizer, x: torch.Tensor, y: to
 def _unstable(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """The neurons whose pre-activation bounds straddle 0 (``l < 0 < u``)."""
     return (lower < 0) & (upper > 0)
+
+
+def _ibp_then_crown(bounded, relus: list, center: torch.Tensor, lower: torch.Tensor,
+                    upper: torch.Tensor, spec: torch.Tensor | None = None
+                    ) -> tuple[tuple[torch.Tensor, list[int]], tuple[torch.Tensor, list[int]]]:
+    """IBP bounds, then CROWN bounds whose intermediate bounds are intersected with IBP's
+    (``reference_bounds``), over the boxes ``[lower, upper]``: per method, the lower bounds of
+    ``spec @ y`` (of ``y`` without a spec) and the unstable ReLUs per sample. Afterwards the
+    ReLUs' inputs hold the intersected CROWN bounds."""
+    found = []
+    reference = None
+    for method in ("IBP", "backward"):
+        ptb = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
+        bound, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(center, ptb),), C=spec,
+                                          method=method, bound_upper=False,
+                                          reference_bounds=reference)
+        found.append((bound, _unstable_per_sample(relus, len(center))))
+        reference = {relu.inputs[0].name: (relu.inputs[0].lower.detach(),
+                                           relu.inputs[0].upper.detach()) for relu in relus}
+    return found[0], found[1]
 
 
 def _unstable_per_sample(relus: list, batch: int) -> list[int]:
@@ -176,22 +201,13 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
                                pgd_restarts, generator).sum())
 
         lower, upper = normalizer.box(xb, eps)
-        spec = _margin_spec(yb, num_classes)
         with torch.no_grad():
-            for method in ("IBP", "backward"):
-                ptb = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=lower, x_U=upper)
-                margin, _ = bounded.compute_bounds(
-                    x=(auto_LiRPA.BoundedTensor(normalizer(xb), ptb),), C=spec, method=method,
-                    bound_upper=False)
-                verified = int(((margin > 0).all(1) & clean).sum())
-                # The ReLU inputs now hold this method's bounds (CROWN's: its intermediate
-                # bounds).
-                if method == "IBP":
-                    ibp_ok += verified
-                    per_sample["unstable_relus_ibp"] += _unstable_per_sample(relus, len(xb))
-                else:
-                    crown_ok += verified
-                    per_sample["unstable_relus"] += _unstable_per_sample(relus, len(xb))
+            (ibp, ibp_unstable), (crown, crown_unstable) = _ibp_then_crown(
+                bounded, relus, normalizer(xb), lower, upper, _margin_spec(yb, num_classes))
+            ibp_ok += int(((ibp > 0).all(1) & clean).sum())
+            crown_ok += int(((crown > 0).all(1) & clean).sum())
+            per_sample["unstable_relus_ibp"] += ibp_unstable
+            per_sample["unstable_relus"] += crown_unstable
             for index, relu in enumerate(relus):
                 source = relu.inputs[0]
                 pre_act.add(index, source.lower, source.upper)
@@ -228,9 +244,10 @@ def unstable_relus_per_sample(network: nn.Module, lower: torch.Tensor, upper: to
                               ) -> dict[str, list[int]]:
     """Per box ``[lower[i], upper[i]]`` (in ``network``'s input coordinates): its ReLU neurons
     with ``l < 0 < u`` from IBP (``unstable_relus_ibp``) and CROWN (``unstable_relus``) bounds,
-    computed as ``level_metrics`` computes them (IBP first, then CROWN, whose intermediate
-    bounds do not depend on the output specification). For networks ``level_metrics`` does not
-    see, e.g. a benchmark's ONNX models converted to torch."""
+    computed as ``level_metrics`` computes them (the intermediate bounds do not depend on the
+    output specification, nor, with the IBP intersection, on the other boxes of a batch). For
+    networks ``level_metrics`` does not see, e.g. a benchmark's ONNX models converted to
+    torch."""
     frozen = copy.deepcopy(network).eval()
     frozen.requires_grad_(False)
     bounded = auto_LiRPA.BoundedModule(frozen, torch.zeros(1, *lower.shape[1:]),
@@ -241,9 +258,7 @@ def unstable_relus_per_sample(network: nn.Module, lower: torch.Tensor, upper: to
     with torch.no_grad():
         for start in range(0, lower.shape[0], batch_size):
             lo, hi = lower[start:start + batch_size], upper[start:start + batch_size]
-            for method, name in (("IBP", "unstable_relus_ibp"), ("backward", "unstable_relus")):
-                ptb = PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
-                bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor((lo + hi) / 2, ptb),),
-                                       method=method, bound_upper=method == "IBP")
-                counts[name] += _unstable_per_sample(relus, len(lo))
+            (_, ibp), (_, crown) = _ibp_then_crown(bounded, relus, (lo + hi) / 2, lo, hi)
+            counts["unstable_relus_ibp"] += ibp
+            counts["unstable_relus"] += crown
     return counts
