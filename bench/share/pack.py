@@ -1,4 +1,5 @@
-"""Pack a benchmark folder for VNN-COMP: ``bench pack SRC --out DEST [--seed S]``.
+"""Pack a benchmark folder for VNN-COMP: ``bench pack SRC --out DEST [--seed S] [--select
+graded --budget 6h --results DB ...]``.
 
 The packed folder::
 
@@ -9,6 +10,9 @@ The packed folder::
     DEST/generate_properties.py     `python generate_properties.py SEED`: numpy only
     DEST/data/pool.npz              the candidate samples that script selects from
     DEST/README.md                  the properties, the selection, and each model's statistics
+    DEST/reference/                 with results databases (and no seed): the shipped
+                                    instances' reference results (CSV, Markdown), difficulty
+                                    histogram, cactus plot, time vs unstable ReLUs
     DEST/manifest.json              the source's manifest for the shipped instances: the
                                     benchmark's name and content hash, and the sha256 of every
                                     other file of DEST (checked by `bench check`)
@@ -20,6 +24,15 @@ Which properties are shipped:
   results on the shipped instances, and the README's verified accuracy describes them.
 - ``seed=S``: what ``generate_properties.py S`` writes: N samples drawn from the pool among
   those every model classifies correctly (see that script). VNN-COMP reruns it with its own seed.
+- ``select="graded"`` (no seed): the instances and models ``bench.share.graded`` chooses by the
+  difficulty measured in the results databases, filling the budget (``max_total_timeout``),
+  with the build's own property files; the README states the rule and the mix.
+
+The pool also predicts each candidate's difficulty: its unstable ReLUs under the property's box
+on each shipped model (CROWN bounds intersected with IBP's, ``bench.build.metrics``, on the ONNX
+model converted to torch), averaged over the models (``hardness``), which
+``generate_properties.py`` stratifies its draw by. On the samples the build measured, these
+must be the manifest's ``unstable_relus``; the README says how many are.
 
 The pool is the first ``pool_size`` (default 1000) test samples of the benchmark's dataset,
 loaded again here; the build's own properties must come out of it byte for byte, which proves
