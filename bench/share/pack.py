@@ -31,8 +31,10 @@ Which properties are shipped:
 The pool also predicts each candidate's difficulty: its unstable ReLUs under the property's box
 on each shipped model (CROWN bounds intersected with IBP's, ``bench.build.metrics``, on the ONNX
 model converted to torch), averaged over the models (``hardness``), which
-``generate_properties.py`` stratifies its draw by. On the samples the build measured, these
-must be the manifest's ``unstable_relus``; the README says how many are.
+``generate_properties.py`` stratifies its draw by. On the samples the build measured, they are
+compared with the manifest's ``unstable_relus`` (the same bounds of the same network, so they
+agree up to rounding), and the README says how many agree. Where a model cannot be bounded,
+the pool has no prediction and the draw is uniform; the README says why.
 
 The pool is the first ``pool_size`` (default 1000) test samples of the benchmark's dataset,
 loaded again here; the build's own properties must come out of it byte for byte, which proves
