@@ -38,9 +38,12 @@ HARDNESS_RULE = (
     "hardness score's rank correlation with measured difficulty. ρ > 0: more unstable ReLUs, "
     "longer verification. p: two-sided, from scipy.stats.spearmanr; — where undefined (N < 3 or "
     "a constant side).")
-TIME_RULE = ("Times are wall times less the start-up time where the row records one. Solved: an "
-             "answer that agrees with the instance's undisputed reference outcome (sat with a "
-             "valid counterexample, or unsat). Virtual best: per instance, the fastest of them.")
+TIME_RULE = ("Times are wall times less the start-up time where the row records one (where it "
+             "does not, a verifier's loading counts as solving), measured under whatever else "
+             "the machine ran at the time: a runner goes level by level, so on a shared machine "
+             "compare instances within a level rather than across levels. Solved: an answer "
+             "that agrees with the instance's undisputed reference outcome (sat with a valid "
+             "counterexample, or unsat). Virtual best: per instance, the fastest of them.")
 
 
 @dataclass
