@@ -370,8 +370,8 @@ def _unstable_relus(onnx_path: Path, x: np.ndarray, eps: float) -> np.ndarray:
     import torch
 
     from bench.build.metrics import unstable_relus_per_sample
-    from bench.verifiers._lirpa_main import (WorkerError, conv_mode, convert, load_onnx,
-                                             prepare_onnx)
+    from bench.verifiers.onnx_torch import (WorkerError, conv_mode, convert, load_onnx,
+                                            prepare_onnx)
 
     try:
         prepared, _ = prepare_onnx(load_onnx(onnx_path))
