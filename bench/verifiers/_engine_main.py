@@ -7,16 +7,18 @@ says it is ready, then answers one request at a time, each a JSON line:
 
     {"onnx": file, "vnnlib": file, "workdir": folder, "timeout": seconds,
      "cascade": CascadeSettings.as_params() or null, "eps": number or null,
-     "tool": {"module": "bench.verifiers._milp_main", "argv": [...]} or null}
+     "tool": {"name": "milp", "module": "bench.verifiers._milp_main", "argv": [...]} or null}
 
 For each it runs the cascade's cheap stages (``bench.verifiers.stages``) if asked, then, unless
-they decided, the tool: the worker module's ``run(args, deadline, model)`` on the very arguments
+they decided, the tool: the worker module's ``run(args, deadline, model)`` (any module with
+``parse_args`` and ``run``: ``OwnWorker.worker_module``) on the very arguments
 its one-process-per-instance command gets, answered with ``worker_process.answer``, so that the
 instance's folder receives the same files (result, statistics, ``stdout.log``/``stderr.log``:
 this process's output is redirected there during the instance). The reply is one JSON line:
 ``cascade`` (``CascadeOutcome.as_dict()``), ``tool`` (``{"returncode": n}``), ``load_s`` (the
 model's loading time, 0 when it was kept), ``time_s`` (the whole request), ``peak_mb`` and
-``rss_mb``, or ``error`` (a bug: the traceback is in the folder's ``stderr.log``).
+``rss_mb``, or ``error`` (a bug: the traceback is in the folder's ``stderr.log``). The folder also
+gets ``engine.json``: this process's pid, how many models it has loaded so far, and the times.
 
 Models are kept (``MODEL_CACHE``, least recently used first out) by file, size and modification
 time; parsed properties too (``onnx_torch.PROPERTIES``). The time limit is the harness's: it kills
@@ -43,11 +45,12 @@ import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 MODEL_CACHE = 4  # models kept (a benchmark's instances come model by model)
 PROPERTY_CACHE = 256  # parsed properties kept (one per sample, shared by every level)
 DEADLINE_MARGIN_S = 1.0  # the tool's deadline is this much (at most a tenth) before the hard one
+ENGINE_FILE = "engine.json"  # in each instance's folder: which process answered, and its counts
 _KB = 1024
 
 
@@ -108,7 +111,7 @@ class Memory:
 
 
 class Models:
-    """Loaded models by file, the ``size`` most recently used, each with its resident size."""
+    """Loaded models by file, the ``size`` most recently used, each with its size."""
 
     def __init__(self, size: int, memory: Memory):
         self.size, self.memory = size, memory
@@ -116,7 +119,8 @@ class Models:
         self.loads = 0  # how many times a model was loaded (tests count them)
 
     def get(self, path: str) -> tuple[Any, float, float]:
-        """``(model, its resident MB, seconds spent loading it now)``; raises WorkerError."""
+        """``(model, its size in MB (``model_mb``), seconds spent loading it now)``; raises
+        WorkerError."""
         from bench.verifiers.onnx_torch import LoadedModel
 
         stat = os.stat(path)
@@ -127,13 +131,23 @@ class Models:
             return model, resident, 0.0
         while len(self._entries) >= self.size:
             self._entries.popitem(last=False)
-        self.memory.trim()
-        before, clock = self.memory.rss_mb(), time.perf_counter()
+        clock = time.perf_counter()
         model = LoadedModel(path)
         self.loads += 1
-        resident = max(self.memory.rss_mb() - before, 0.0)
+        resident = model_mb(model)
         self._entries[key] = (model, resident)
         return model, resident, time.perf_counter() - clock
+
+
+def model_mb(model) -> float:
+    """The model as this process holds it, in MB: its torch weights, and the ONNX model three
+    times (as read, as rewritten, and in onnxruntime). Computed, not measured: a loaded model
+    often fits in heap memory that an earlier instance freed, so the resident size need not grow
+    by its size, and the first model would seem to weigh more than the others."""
+    network = model.network
+    weights = sum(t.numel() * t.element_size() for t in (*network.parameters(),
+                                                         *network.buffers()))
+    return (weights + 3 * os.path.getsize(model.path)) / (1 << 20)
 
 
 # --------------------------------------------------------------------------- requests
@@ -160,17 +174,22 @@ def output_to(workdir: Path) -> Iterator[None]:
             os.close(old)
 
 
-def _tools() -> dict[str, Callable]:
-    """The worker modules this process runs, by module name: ``(parse_args, run)``."""
-    from bench.verifiers import _lirpa_main, _milp_main
+def _worker_module(name: str):
+    """The worker module ``name`` (``bench.verifiers._milp_main``, ...): it must provide
+    ``parse_args(argv)`` and ``run(args, deadline, model) -> (status, counterexample, stats)``."""
+    import importlib
 
-    return {module.__name__: (module.parse_args, module.run)
-            for module in (_lirpa_main, _milp_main)}
+    module = importlib.import_module(name)
+    if not callable(getattr(module, "parse_args", None)) or not callable(getattr(module, "run",
+                                                                                   None)):
+        raise TypeError(f"{name} is not a worker module (no parse_args and run)")
+    return module
 
 
 # Imported before the worker says it is ready, so that no instance pays for them. A module that
 # is missing fails the instances that need it, as in a one-process-per-instance worker.
-PRELOAD = ("onnx", "onnx2torch", "onnxruntime", "bench.lirpa_compat", "scipy.sparse", "highspy")
+PRELOAD = ("onnx", "onnx2torch", "onnxruntime", "bench.lirpa_compat", "scipy.sparse", "highspy",
+           "bench.verifiers._lirpa_main", "bench.verifiers._milp_main")
 
 
 class Engine:
@@ -182,10 +201,12 @@ class Engine:
         for module in PRELOAD:
             with contextlib.suppress(ImportError):
                 importlib.import_module(module)
-        PROPERTIES.size = PROPERTY_CACHE
         self.memory = Memory()
+        with contextlib.suppress(Exception):  # a warm-up that fails only costs the first instance
+            warm_up(Path.cwd())
+        self.memory.trim()
+        PROPERTIES.size = PROPERTY_CACHE
         self.models = Models(MODEL_CACHE, self.memory)
-        self.tools = _tools()
 
     def handle(self, request: dict) -> dict:
         started = time.perf_counter()
@@ -213,9 +234,15 @@ class Engine:
                 reply["error"] = f"{type(err).__name__}: {str(err).strip()[:300]}"
         reply["peak_mb"] = resident + max(self.memory.peak_mb() - baseline, 0.0)
         reply["model_loads"] = self.models.loads
+        reply["pid"] = os.getpid()
         reply["time_s"] = time.perf_counter() - started
         self.memory.trim()
         reply["rss_mb"] = self.memory.rss_mb()
+        # What this process did for the instance, beside its other files (for the curious, and
+        # for tests: which process, how many models it has loaded so far).
+        facts = {key: reply[key] for key in ("pid", "model_loads", "load_s", "peak_mb", "time_s",
+                                             "rss_mb")}
+        (workdir / ENGINE_FILE).write_text(json.dumps(facts) + "\n")
         return reply
 
     def _model(self, path: str):
@@ -246,16 +273,53 @@ class Engine:
     def _tool(self, tool: dict, model, problem, deadline: float) -> int:
         from bench.verifiers.worker_process import answer
 
-        parse_args, run = self.tools[tool["module"]]
-        args = parse_args(tool["argv"])
-        name = tool["module"].rsplit("._", 1)[-1].removesuffix("_main")
+        module = _worker_module(tool["module"])
+        args = module.parse_args(tool["argv"])
+        name = tool["name"]
 
         def verify():
             if problem is not None:
                 raise problem
-            return run(args, deadline, model)
+            return module.run(args, deadline, model)
 
         return answer(name, verify, args.result, time.perf_counter())
+
+
+def warm_up(folder: Path) -> None:
+    """Run the cheap stages once on a tiny network of our own (a convolution, a ReLU, a dense
+    layer), so that what the libraries set up on first use (onnxruntime's and onnx2torch's
+    state, auto_LiRPA's tracing, torch's kernels) is done before the first instance: it would
+    count as that instance's time and memory otherwise."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.formats.vnnlib import robustness_property
+    from bench.verifiers.onnx_torch import LoadedModel
+    from bench.verifiers.stages import CascadeSettings, run_stages
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("w", (2, 1, 3, 3)), ("b", (2,)), ("W", (3, 8)),
+                                   ("c", (3,)))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "W", "c"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "warm_up",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              weights)
+    model_path, property_path = folder / "warm_up.onnx", folder / "warm_up.vnnlib"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              str(model_path))
+    # Every stage runs on one of the two properties, whatever the tiny network answers.
+    for eps, stages in ((0.5, ("clean", "attack")), (0.1, ("bounds",))):
+        property_path.write_text(robustness_property(np.full((1, 4, 4), 0.5), 0, eps, 3))
+        settings = CascadeSettings(stages=stages, attack_restarts=2, attack_steps=2,
+                                   alpha_iterations=2)
+        run_stages(LoadedModel(model_path), property_path, settings, None,
+                   time.monotonic() + 60)
 
 
 def serve(path: str) -> int:

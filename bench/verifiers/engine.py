@@ -300,7 +300,7 @@ def run_in_engine(verifier: Verifier, instance: Instance, log_dir: Path, *,
     if tool:
         assert isinstance(verifier, OwnWorker), f"{verifier.name} has no persistent worker"
         argv = verifier.worker_argv(instance, workdir)
-        request["tool"] = {"module": verifier.worker_module, "argv": argv}
+        request["tool"] = {"name": verifier.name, "module": verifier.worker_module, "argv": argv}
     (workdir / "command.txt").write_text(
         f"# in the persistent worker ({ENGINE_MODULE})\n" +
         (shlex.join(["python", "-m", verifier.worker_module, *argv]) if tool else
