@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from bench.collate import figures, render, stats
+from bench.collate import figures, render, stages, stats
 from bench.collate.authors import Views, render_safe, write_views
 from bench.collate.difficulty import assess_benchmark
 from bench.collate.aggregate import Group, Run, Setting, make_groups, make_run, setting_of, \
@@ -38,7 +38,8 @@ def make_tables(results_path: Path, out_dir: Path) -> list[Path]:
         stem = f"{render_safe(table.benchmark)}__{render_safe(table.verifier)}"
         written += [
             render.write_csv(out_dir / f"{stem}.csv", *render.benchmark_csv(table)),
-            render.write_text(out_dir / f"{stem}.md", render.benchmark_markdown(table)),
+            render.write_text(out_dir / f"{stem}.md", render.benchmark_markdown(table)
+                              + stages.stages_markdown(table.results)),
             figures.plot_benchmark(table, out_dir / f"{stem}.png"),
         ]
         per_benchmark.append((table, stem))
@@ -244,6 +245,7 @@ def report_blocks(outputs: Sequence[SettingOutput],
                                "(details under \"For verifier authors\"):"]),
                    Block("list", [[v.sentence] for v in views])]
     blocks += provenance_blocks(results, manifests)
+    blocks += stages.stage_blocks(results)
     for out in outputs:
         f = out.files
         blocks += [

@@ -77,6 +77,7 @@ RECORD_COLUMNS: dict[str, str] = {
     "decided_by": "TEXT",
     "startup_time": "REAL",
     "benchmark_hash": "TEXT",
+    "stage_times": "TEXT",  # JSON: seconds per cascade stage
 }
 assert list(RECORD_COLUMNS) == [f.name for f in dataclasses.fields(RunRecord)], "keep in step"
 # ... and what the runner adds: which code, configuration and device produced the row.

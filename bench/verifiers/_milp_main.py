@@ -41,7 +41,6 @@ import math
 import operator
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +48,8 @@ from typing import Any
 import numpy as np
 
 from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
-                                        load_property, spec_holds, write_outputs)
-
-EXIT_ERROR = 2
+                                        load_property, spec_holds)
+from bench.verifiers.worker_process import EXIT_ERROR, Outcome, answer  # noqa: F401
 BOUND_METHODS = {"CROWN": "backward", "IBP": "IBP", "interval": None}
 
 # A spec counts as unreachable only if max_i (mat_i y - rhs_i) > slack everywhere in the box;
@@ -892,32 +890,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run(args: argparse.Namespace, deadline: float, model: LoadedModel | None = None) -> Outcome:
+    """One instance, as the worker answers it (``worker_process.answer``): ``verify`` with its
+    time limit at ``deadline`` (``time.monotonic()``); running out of time is ``timeout``."""
+    if not args.timeout > 0:
+        raise WorkerError(f"--timeout must be positive, got {args.timeout}")
+    stats: dict[str, Any] = {"bounds": args.bounds}
+    try:
+        status, cex = verify(args, deadline, stats, model)
+    except OutOfTime:
+        status, cex = "timeout", None
+        stats["reason"] = f"time limit of {args.timeout:g} s"
+    return status, cex, stats
+
+
 def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     """The worker; ``started_at`` (epoch seconds) is when its time limit starts to run, by
     default when this process started (callers in the same process pass ``time.time()``)."""
     start = time.perf_counter()
     args = parse_args(argv)
-    if not args.timeout > 0:
-        print(f"milp: --timeout must be positive, got {args.timeout}", file=sys.stderr)
-        return EXIT_ERROR
-    deadline = deadline_for(args.timeout, started_at)
-    stats: dict[str, Any] = {"bounds": args.bounds}
-    try:
-        status, cex = verify(args, deadline, stats)
-    except OutOfTime:
-        status, cex = "timeout", None
-        stats["reason"] = f"time limit of {args.timeout:g} s (counted from the worker's start)"
-    except WorkerError as err:
-        print(f"milp: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as err:  # a bug or an unforeseen failure: keep the traceback, then say why
-        traceback.print_exc()
-        print(f"milp: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
-        return EXIT_ERROR
-    stats["time_s"] = time.perf_counter() - start
-    write_outputs(args.result, status, cex, stats)
-    return 0
-
+    deadline = deadline_for(args.timeout, started_at) if args.timeout > 0 else 0.0
+    return answer("milp", lambda: run(args, deadline), args.result, start)
 
 
 if __name__ == "__main__":

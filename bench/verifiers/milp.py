@@ -1,7 +1,8 @@
 """An exact complete verifier on the CPU: a big-M MILP (Tjeng et al. 2019) solved by HiGHS.
 
-The work happens in a separate process, ``bench.verifiers._milp_main`` (see its docstring), so
-that the harness can time and kill it like any other tool: it converts the ONNX model as the
+The work happens in a separate process, ``bench.verifiers._milp_main`` (see its docstring; under
+``bench run``, the persistent worker that runs it: ``bench.verifiers.engine``), so that the
+harness can time and kill it like any other tool: it converts the ONNX model as the
 ``lirpa`` worker does, encodes the ReLU network exactly with bounds from auto_LiRPA, and solves one
 single-threaded HiGHS MILP per spec. ``sat`` is reported only with a point that onnxruntime
 confirms; ``unknown`` means the MILP's point failed that check (a floating-point tie), never
@@ -16,14 +17,15 @@ from pathlib import Path
 
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier
-from bench.verifiers.worker import RESULT_FILE, STATS_FILE, parse_worker_output, worker_command  # noqa: F401
+from bench.verifiers.base import Parameter, Status, Verdict
+from bench.verifiers.worker import (RESULT_FILE, STATS_FILE, OwnWorker,  # noqa: F401
+                                    parse_worker_output)
 
 BOUNDS = ("CROWN", "IBP", "interval")  # the worker's --bounds choices
 
 
 @VERIFIERS.register("milp")
-class Milp(Verifier):
+class Milp(OwnWorker):
     name = "milp"
     complete = True
     install_hint = ("pip install highspy scipy onnx2torch && pip install --no-deps auto-lirpa==0.3 "
@@ -37,10 +39,10 @@ class Milp(Verifier):
     package = "highspy"
     version_format = "highspy {version}"
 
-    def command(self, instance: Instance, workdir: Path) -> Command:
-        bounds = str(self.params["bounds"])
-        return worker_command("bench.verifiers._milp_main", instance, workdir,
-                              "--timeout", repr(float(instance.timeout)), "--bounds", bounds)
+    worker_module = "bench.verifiers._milp_main"
+
+    def worker_args(self, instance: Instance) -> list[str]:
+        return ["--timeout", repr(float(instance.timeout)), "--bounds", str(self.params["bounds"])]
 
     def parse(self, instance: Instance, workdir: Path, stdout: str, stderr: str,
               returncode: int) -> Verdict:
