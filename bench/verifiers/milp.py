@@ -16,10 +16,14 @@ from pathlib import Path
 
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier
+from bench.verifiers._milp_main import BOUND_METHODS, DEFAULTS, TIGHTENING  # numpy only
+from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier, at_least
 from bench.verifiers.worker import RESULT_FILE, STATS_FILE, parse_worker_output, worker_command  # noqa: F401
 
-BOUNDS = ("CROWN", "IBP", "interval")  # the worker's --bounds choices
+
+def _share(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
 
 
 @VERIFIERS.register("milp")
@@ -29,8 +33,22 @@ class Milp(Verifier):
     install_hint = ("pip install highspy scipy onnx2torch && pip install --no-deps auto-lirpa==0.3 "
                     "(imported through bench.lirpa_compat)")
     parameters = {
-        "bounds": Parameter(str, "CROWN", choices=BOUNDS,
-                            help="what tightens the big-M constants"),
+        "bounds": Parameter(str, DEFAULTS["bounds"], choices=tuple(BOUND_METHODS),
+                            help="auto_LiRPA's intermediate bounds for the big-M constants "
+                                 "(alpha-CROWN: optimized, slower), or interval only"),
+        "alpha_iterations": Parameter(int, DEFAULTS["alpha_iterations"], check=at_least(1),
+                                      help="alpha-CROWN's optimization steps"),
+        "tighten": Parameter(str, DEFAULTS["tighten"], choices=TIGHTENING,
+                             help="lp: tighten each unstable ReLU's bounds by LP, layer by "
+                                  "layer (MIPVerify), before the MILP"),
+        "tighten_share": Parameter(float, DEFAULTS["tighten_share"], check=_share,
+                                   help="most of the time left that LP tightening may use"),
+        "attack_restarts": Parameter(int, DEFAULTS["attack_restarts"], check=at_least(0),
+                                     help="PGD restarts before the MILP; 0: no attack"),
+        "attack_steps": Parameter(int, DEFAULTS["attack_steps"], check=at_least(0),
+                                  help="PGD steps per restart"),
+        "mip_start": Parameter(bool, DEFAULTS["mip_start"],
+                               help="start HiGHS from the attack's nearest miss of each spec"),
     }
     # HiGHS, scipy, onnx2torch, onnxruntime and auto_LiRPA (through the project's patches).
     modules = ("highspy", "onnx2torch", "onnxruntime", "scipy.sparse", "bench.lirpa_compat")
@@ -38,9 +56,21 @@ class Milp(Verifier):
     version_format = "highspy {version}"
 
     def command(self, instance: Instance, workdir: Path) -> Command:
-        bounds = str(self.params["bounds"])
         return worker_command("bench.verifiers._milp_main", instance, workdir,
-                              "--timeout", repr(float(instance.timeout)), "--bounds", bounds)
+                              "--timeout", repr(float(instance.timeout)), *self.worker_options())
+
+    def worker_options(self) -> list[str]:
+        """The parameters as the worker's options (``--name value``, ``--[no-]mip-start``)."""
+        options = []
+        for name, value in self.params.items():
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                options.append(flag if value else "--no-" + flag[2:])
+            else:
+                options += [flag, str(value)]
+        return options
 
     def parse(self, instance: Instance, workdir: Path, stdout: str, stderr: str,
               returncode: int) -> Verdict:
