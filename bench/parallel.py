@@ -29,6 +29,18 @@ class Slot:
     cuda_visible_devices: str | None = None  # the worker's CUDA_VISIBLE_DEVICES; None: inherit
 
 
+# One thread for every numerical library a process may use (OpenMP, MKL, OpenBLAS, ...): N
+# workers on N cores, and every tool they start, must not oversubscribe them. Read once, when a
+# library is loaded: set before.
+ONE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                        "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def one_thread_environment() -> dict[str, str]:
+    """The environment variables that keep numerical libraries on one thread."""
+    return {name: "1" for name in ONE_THREAD_VARIABLES}
+
+
 # --------------------------------------------------------------------------- devices
 
 

@@ -586,6 +586,12 @@ class Supervised:
         self.cgroup = None if event[3] == "-" else event[3]
         self.supervisor_pid = self._handle.process.pid
 
+    def fileno(self) -> int:
+        """Readable once the supervisor reports (the tool's main process exited): a long-lived
+        tool's caller waits on it next to its own channel to the tool (``select``), then calls
+        ``wait_exit(0)``."""
+        return self._handle.report
+
     def terminate(self) -> None:
         """SIGTERM to every process of the tool."""
         self._handle.send("t")

@@ -261,3 +261,30 @@ def test_normalize_is_a_frozen_depthwise_conv():
         Normalize((0.5, 0.5), (0.2,))
     with pytest.raises(ValueError):
         Normalize((0.5,), (0.0,))
+
+
+def test_per_sample_fields_go_into_each_instance_entry(tmp_path: Path):
+    models = levels()
+    models[0].per_sample = {"unstable_relus": [5, 0, 7], "unstable_relus_ibp": [9, 1, 8]}
+    models[1].per_sample = {"unstable_relus": [2, 0, 3], "unstable_relus_ibp": [4, 0, 6]}
+    manifest = load_manifest(Path(export(tmp_path / "with-counts", models)).parent)
+    assert [(i["level"], i["sample_index"], i["unstable_relus"], i["unstable_relus_ibp"])
+            for i in manifest["instances"]] == [
+        (0, 0, 5, 9), (0, 1, 0, 1), (0, 2, 7, 8), (1, 0, 2, 4), (1, 1, 0, 0), (1, 2, 3, 6)]
+    # Older exports (no per-sample fields) simply lack them.
+    assert "unstable_relus" not in load_manifest(Path(export(tmp_path / "plain")).parent)[
+        "instances"][0]
+
+
+@pytest.mark.parametrize("per_sample, problem", [
+    ({"unstable_relus": [1, 2]}, "one scalar per sample"),
+    ({"unstable_relus": [1, [2], 3]}, "one scalar per sample"),
+    ({"correct": [True, True, True]}, "overwrite"),
+])
+def test_per_sample_fields_are_checked_before_anything_is_written(tmp_path: Path, per_sample,
+                                                                   problem):
+    models = levels()
+    models[1].per_sample = per_sample
+    with pytest.raises(ValueError, match=problem):
+        export(tmp_path / "bad", models)
+    assert not (tmp_path / "bad").exists()

@@ -1,15 +1,16 @@
 """Per-level metrics: accuracies, verified accuracies, neuron instability."""
 import pytest
 import torch
+from torch import nn
 
 from bench.data import load_dataset
-from bench.build.metrics import level_metrics
+from bench.build.metrics import count_relus, level_metrics, unstable_relus_per_sample
 from bench.models import build_model
 from bench.models.normalize import Normalizer
 
 KEYS = {"samples", "eps", "standard_accuracy", "pgd_accuracy", "pgd", "ibp_verified_accuracy",
         "crown_verified_accuracy", "instability", "instability_pre_bn", "instability_bounds",
-        "unstable_ratio", "unstable_ratio_per_layer"}
+        "unstable_ratio", "unstable_ratio_per_layer", "per_sample"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,6 +66,7 @@ def test_keys_and_the_order_of_accuracies(setup):
 
 def test_at_eps_zero_everything_collapses_to_standard_accuracy(setup):
     result = metrics(setup, 0.0)
+    assert result["per_sample"] == {"unstable_relus": [0] * 40, "unstable_relus_ibp": [0] * 40}
     standard = result["standard_accuracy"]
     assert result["pgd_accuracy"] == standard
     assert result["ibp_verified_accuracy"] == standard
@@ -95,3 +97,69 @@ def test_deterministic_and_leaves_the_model_alone(setup):
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), name
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_count_relus_of_cnn4_on_digits(setup):
+    model, *_ = setup
+    # 8 x 4 x 4 after the first strided conv, 16 x 2 x 2 after the second, 64 in the FC layer.
+    assert count_relus(model, (1, 8, 8)) == 8 * 4 * 4 + 16 * 2 * 2 + 64 == 256
+    model.train()
+    try:
+        count_relus(model, (1, 8, 8))
+        assert model.training  # its mode is its own
+    finally:
+        model.eval()
+
+
+def test_per_sample_unstable_relus_add_up_to_the_unstable_ratio(setup):
+    model, x, _, normalizer = setup
+    result = metrics(setup, 0.03)
+    per_sample = result["per_sample"]
+    relus = count_relus(model, (1, 8, 8))
+    assert set(per_sample) == {"unstable_relus", "unstable_relus_ibp"}
+    for counts in per_sample.values():
+        assert len(counts) == 40 and all(isinstance(c, int) and 0 <= c <= relus for c in counts)
+    assert len(set(per_sample["unstable_relus"])) > 1  # they differ from sample to sample
+    # The per-level ratio is their mean over samples and neurons (same CROWN bounds).
+    assert sum(per_sample["unstable_relus"]) == pytest.approx(
+        result["unstable_ratio"] * 40 * relus, abs=1e-6)
+    # CROWN's intermediate bounds are intersected with IBP's: never more unstable ReLUs.
+    assert all(c <= i for c, i in zip(per_sample["unstable_relus"],
+                                      per_sample["unstable_relus_ibp"]))
+    assert sum(per_sample["unstable_relus_ibp"]) > sum(per_sample["unstable_relus"])
+
+
+def test_counts_from_any_network_and_box_match_the_builds(setup):
+    """What pack computes for samples the build did not see, on a network given its boxes in
+    its own input coordinates, is what level_metrics computes."""
+    model, x, _, normalizer = setup
+    expected = metrics(setup, 0.03)["per_sample"]
+    lower, upper = normalizer.box(x, 0.03)
+    assert unstable_relus_per_sample(model, lower, upper, batch_size=16) == expected
+    # A sample's counts are its own, whatever shares its batch (auto_LiRPA bounds with CROWN
+    # only the neurons IBP finds unstable in some sample of the batch).
+    assert unstable_relus_per_sample(model, lower[5:], upper[5:], batch_size=7) == \
+        {name: counts[5:] for name, counts in expected.items()}
+    alone = unstable_relus_per_sample(model, lower[3:4], upper[3:4])
+    assert alone == {name: counts[3:4] for name, counts in expected.items()}
+
+
+def test_a_samples_counts_do_not_depend_on_the_rest_of_its_batch():
+    """auto_LiRPA bounds with CROWN only the neurons IBP finds unstable in some sample of the
+    batch, and here CROWN's bound of the second ReLU is looser than IBP's: z2 = relu(x1) + x2
+    with x1 in [-0.9, 1] and x2 = 0.2 is in [0.2, 1.2] by IBP, but CROWN's lower relaxation
+    relu(x1) >= x1 gives -0.7. Sample B (x2 = -0.5) makes z2 IBP-unstable, so next to B,
+    sample A would get CROWN's bound; intersected with IBP's, A has one unstable ReLU (x1)
+    wherever it is."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1), nn.ReLU(), nn.Linear(1, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0, -1.0]]))  # relu(x1) + x2
+        net[2].bias.zero_()
+    lower = torch.tensor([[-0.9, 0.2], [-0.9, -0.5]])
+    upper = torch.tensor([[1.0, 0.2], [1.0, -0.5]])
+    alone = unstable_relus_per_sample(net, lower[:1], upper[:1])
+    together = unstable_relus_per_sample(net, lower, upper)
+    assert alone == {"unstable_relus": [1], "unstable_relus_ibp": [1]}
+    assert together == {"unstable_relus": [1, 2], "unstable_relus_ibp": [1, 2]}

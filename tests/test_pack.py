@@ -374,3 +374,17 @@ def test_pack_refuses_a_manifest_with_an_infinite_timeout(source, tmp_path):
     with pytest.raises(BenchError, match="timeout must be a finite number of seconds") as info:
         pack_benchmark(copy, tmp_path / "out")
     assert len(str(info.value)) < 400
+
+
+def test_build_records_unstable_relus_per_instance_and_relus_per_model(source):
+    """The Addendum's fields: ``relus`` per model (the mlp: two hidden layers of 32) and, per
+    instance, the ReLUs unstable under its property's box by CROWN and by IBP bounds."""
+    manifest = load_manifest(source)
+    assert [m["relus"] for m in manifest["models"]] == [64, 64]
+    for inst in manifest["instances"]:
+        for name in ("unstable_relus", "unstable_relus_ibp"):
+            assert isinstance(inst[name], int) and 0 <= inst[name] <= 64
+    for model in manifest["models"]:
+        counts = [i["unstable_relus"] for i in manifest["instances"]
+                  if i["level"] == model["level"]]
+        assert sum(counts) == pytest.approx(model["unstable_ratio"] * len(counts) * 64)

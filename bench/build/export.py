@@ -40,6 +40,8 @@ from bench.models.normalize import with_normalization
 from bench.formats.vnnlib import robustness_property
 from bench.formats.vnnlib2 import robustness_property_v2
 
+# The fields of an instance entry that the export itself writes.
+_INSTANCE_FIELDS = ("onnx", "vnnlib", "timeout", "level", "sample_index", "label", "correct")
 # Files this module writes; only these are removed when a new export leaves them out.
 _OWN_FILES = (("onnx", "level_*.onnx"), ("vnnlib", "sample_*.vnnlib"))
 
@@ -54,6 +56,9 @@ class ExportedModel:
     clean_accuracy: float
     layer_sparsity: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the manifest verbatim
+    # Per-sample scalars of this level (name -> one value per sample, in the samples' order),
+    # copied into each of its instance entries, e.g. ``unstable_relus``.
+    per_sample: dict[str, list] = field(default_factory=dict)
 
 
 def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[ExportedModel],
@@ -94,11 +99,12 @@ def write_benchmark(root: Path, config: dict, dataset_info: dict, models: list[E
         entry, correct = _export_level(root, exported, dataset_info, samples_x, labels,
                                        max_abs_diff)
         model_entries.append(entry)
-        for prop, is_correct in zip(properties, correct):
+        for position, (prop, is_correct) in enumerate(zip(properties, correct)):
             instances.append({
                 "onnx": entry["onnx"], "vnnlib": prop["vnnlib"], "timeout": float(timeout),
                 "level": exported.level, "sample_index": prop["sample_index"],
                 "label": prop["label"], "correct": is_correct,
+                **{name: values[position] for name, values in exported.per_sample.items()},
             })
     atomic_write_text(root / INSTANCES, instances_csv_text(instances))
     listed = [e["onnx"] for e in model_entries] + [p["vnnlib"] for p in properties]
@@ -147,6 +153,14 @@ def _check_inputs(dataset_info: dict, models: list[ExportedModel], samples_x: to
         raise ValueError(f"labels {labels} outside 0..{int(dataset_info['num_classes']) - 1}")
     if len(set(sample_indices)) != n:
         raise ValueError("sample indices must be unique: they name the VNN-LIB files")
+    for m in models:
+        for name, values in m.per_sample.items():
+            if name in _INSTANCE_FIELDS:
+                raise ValueError(f"level {m.level}: per-sample field {name!r} would overwrite "
+                                 "the instance's own field")
+            if len(values) != n or not all(_is_scalar(v) for v in values):
+                raise ValueError(f"level {m.level}: per-sample field {name!r} needs one scalar "
+                                 f"per sample ({n}), got {len(values)} values")
     if tuple(samples_x.shape[1:]) != tuple(dataset_info["input_shape"]):
         raise ValueError(f"samples have shape {tuple(samples_x.shape[1:])}, dataset says "
                          f"{tuple(dataset_info['input_shape'])}")
@@ -220,6 +234,10 @@ def _remove_stale_files(root: Path, keep: set[str]) -> None:
             if rel not in keep:
                 path.unlink()
                 Path(f"{path}.compiled").unlink(missing_ok=True)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, np.generic))
 
 
 def _json_default(value: Any) -> Any:

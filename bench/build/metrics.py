@@ -13,12 +13,24 @@
 - ``instability`` (paper eq. 1): the sum over ReLU neurons with ``l < 0 < u`` of ``-l*u``,
   averaged over samples. The bounds are CROWN's intermediate bounds, i.e. those that the
   CROWN verification above is computed from (the first layer's are exact interval bounds of
-  an affine map of the box; every later layer's come from a full CROWN backward pass);
+  an affine map of the box; every later layer's come from a full CROWN backward pass,
+  intersected with the IBP bounds of the same layer, as complete verifiers intersect them).
+  The intersection also makes every number here a property of each sample alone: auto_LiRPA
+  computes CROWN bounds only for the neurons that IBP finds unstable in SOME sample of the
+  batch, and CROWN bounds (looser than IBP's for some neurons of certifiably trained networks)
+  would otherwise make a sample's figures depend on which samples share its batch;
 - ``instability_pre_bn``: the same on pre-BN bounds (Fig. 5): for a ReLU fed by BatchNorm, the
   CROWN bounds of the BN input (the conv output), taken from auto_LiRPA's conv node; for a
   ReLU without BN (after a Linear layer), its pre-activation bounds;
 - ``unstable_ratio`` (Fig. 6): the fraction of ReLU neurons with ``l < 0 < u``, averaged over
-  samples, and ``unstable_ratio_per_layer`` (one entry per ReLU layer, in graph order).
+  samples, and ``unstable_ratio_per_layer`` (one entry per ReLU layer, in graph order);
+- ``per_sample``: per sample, in the order given, the number of ReLU neurons with ``l < 0 < u``
+  under that sample's box: ``unstable_relus`` from the CROWN bounds above, ``unstable_relus_ibp``
+  from the IBP bounds of the IBP verification (a by-product: no bound is computed for it). A
+  sample's box is its property's, so these say how many ReLUs a verifier has to split or encode
+  with a binary variable on that instance (the export writes them into each instance's entry).
+
+``count_relus`` counts a network's ReLU neurons (the manifest's ``relus`` per model).
 
 Everything runs on a copy of the model in eval mode (BN uses the running statistics, which
 stay untouched) with its parameters frozen.
@@ -79,6 +91,59 @@ def _pgd_robust(model: nn.Module, normalizer: Normalizer, x: torch.Tensor, y: to
     return robust
 
 
+def _unstable(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """The neurons whose pre-activation bounds straddle 0 (``l < 0 < u``)."""
+    return (lower < 0) & (upper > 0)
+
+
+def _ibp_then_crown(bounded, relus: list, center: torch.Tensor, lower: torch.Tensor,
+                    upper: torch.Tensor, spec: torch.Tensor | None = None
+                    ) -> tuple[tuple[torch.Tensor, list[int]], tuple[torch.Tensor, list[int]]]:
+    """IBP bounds, then CROWN bounds whose intermediate bounds are intersected with IBP's
+    (``reference_bounds``), over the boxes ``[lower, upper]``: per method, the lower bounds of
+    ``spec @ y`` (of ``y`` without a spec) and the unstable ReLUs per sample. Afterwards the
+    ReLUs' inputs hold the intersected CROWN bounds."""
+    found = []
+    reference = None
+    for method in ("IBP", "backward"):
+        ptb = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
+        bound, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(center, ptb),), C=spec,
+                                          method=method, bound_upper=False,
+                                          reference_bounds=reference)
+        found.append((bound, _unstable_per_sample(relus, len(center))))
+        reference = {relu.inputs[0].name: (relu.inputs[0].lower.detach(),
+                                           relu.inputs[0].upper.detach()) for relu in relus}
+    return found[0], found[1]
+
+
+def _unstable_per_sample(relus: list, batch: int) -> list[int]:
+    """Per sample of the batch: ReLU neurons with ``l < 0 < u`` under the bounds that the last
+    ``compute_bounds`` left on the ReLUs' inputs."""
+    counts = torch.zeros(batch, dtype=torch.long)
+    for relu in relus:
+        source = relu.inputs[0]
+        counts += _unstable(source.lower, source.upper).reshape(batch, -1).sum(1).cpu()
+    return [int(c) for c in counts]
+
+
+def count_relus(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """ReLU neurons of ``model`` (``nn.ReLU`` modules, as every model of ``bench.models`` uses)
+    on one input of ``input_shape``, e.g. those of the exported network."""
+    sizes: list[int] = []
+    hooks = [module.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
+             for module in model.modules() if isinstance(module, nn.ReLU)]
+    training = model.training
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes)
+
+
 class _LayerStats:
     """Sums over samples of one bound set's instability and unstable counts, per ReLU layer."""
 
@@ -88,7 +153,7 @@ class _LayerStats:
         self.neurons: list[int] = []  # neurons per sample in the layer
 
     def add(self, index: int, lower: torch.Tensor, upper: torch.Tensor) -> None:
-        unstable = (lower < 0) & (upper > 0)
+        unstable = _unstable(lower, upper)
         instability = float((-lower * upper)[unstable].sum())
         if index == len(self.instability):
             self.instability.append(0.0)
@@ -126,6 +191,7 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
 
     correct = pgd = ibp_ok = crown_ok = 0
     pre_act, pre_bn = _LayerStats(), _LayerStats()
+    per_sample: dict[str, list[int]] = {"unstable_relus": [], "unstable_relus_ibp": []}
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         with torch.no_grad():
@@ -135,19 +201,13 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
                                pgd_restarts, generator).sum())
 
         lower, upper = normalizer.box(xb, eps)
-        spec = _margin_spec(yb, num_classes)
         with torch.no_grad():
-            for method in ("IBP", "backward"):
-                ptb = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=lower, x_U=upper)
-                margin, _ = bounded.compute_bounds(
-                    x=(auto_LiRPA.BoundedTensor(normalizer(xb), ptb),), C=spec, method=method,
-                    bound_upper=False)
-                verified = int(((margin > 0).all(1) & clean).sum())
-                if method == "IBP":
-                    ibp_ok += verified
-                else:
-                    crown_ok += verified
-            # After the CROWN call the ReLU inputs hold CROWN's intermediate bounds.
+            (ibp, ibp_unstable), (crown, crown_unstable) = _ibp_then_crown(
+                bounded, relus, normalizer(xb), lower, upper, _margin_spec(yb, num_classes))
+            ibp_ok += int(((ibp > 0).all(1) & clean).sum())
+            crown_ok += int(((crown > 0).all(1) & clean).sum())
+            per_sample["unstable_relus_ibp"] += ibp_unstable
+            per_sample["unstable_relus"] += crown_unstable
             for index, relu in enumerate(relus):
                 source = relu.inputs[0]
                 pre_act.add(index, source.lower, source.upper)
@@ -175,4 +235,30 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
         "unstable_ratio": sum(pre_act.unstable) / (n * total_neurons),
         "unstable_ratio_per_layer": [u / (n * k) for u, k in zip(pre_act.unstable,
                                                                   pre_act.neurons)],
+        "per_sample": per_sample,
     }
+
+
+def unstable_relus_per_sample(network: nn.Module, lower: torch.Tensor, upper: torch.Tensor,
+                              batch_size: int = 100, bound_opts: dict | None = None
+                              ) -> dict[str, list[int]]:
+    """Per box ``[lower[i], upper[i]]`` (in ``network``'s input coordinates): its ReLU neurons
+    with ``l < 0 < u`` from IBP (``unstable_relus_ibp``) and CROWN (``unstable_relus``) bounds,
+    computed as ``level_metrics`` computes them (the intermediate bounds do not depend on the
+    output specification, nor, with the IBP intersection, on the other boxes of a batch). For
+    networks ``level_metrics`` does not see, e.g. a benchmark's ONNX models converted to
+    torch."""
+    frozen = copy.deepcopy(network).eval()
+    frozen.requires_grad_(False)
+    bounded = auto_LiRPA.BoundedModule(frozen, torch.zeros(1, *lower.shape[1:]),
+                                       bound_opts=bound_opts or {}, device="cpu")
+    bounded.eval()
+    relus = [node for node in bounded.modules() if isinstance(node, BoundRelu)]
+    counts: dict[str, list[int]] = {"unstable_relus": [], "unstable_relus_ibp": []}
+    with torch.no_grad():
+        for start in range(0, lower.shape[0], batch_size):
+            lo, hi = lower[start:start + batch_size], upper[start:start + batch_size]
+            (_, ibp), (_, crown) = _ibp_then_crown(bounded, relus, (lo + hi) / 2, lo, hi)
+            counts["unstable_relus_ibp"] += ibp
+            counts["unstable_relus"] += crown
+    return counts

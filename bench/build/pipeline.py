@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from bench.build.metrics import METRICS, level_metrics
+from bench.build.metrics import METRICS, count_relus, level_metrics
 from bench.checkpoints import load_tensors
 from bench.config import LEVELS, BuildConfig, settings_differences
 from bench.data import DATASETS, load_dataset
@@ -269,13 +269,16 @@ def build_instances(config: BuildConfig, progress: bool = True) -> Path:
         measured = level_metrics(lv.model, dataset.test_x[:n], dataset.test_y[:n], normalizer,
                                  properties.eps, pgd_steps=config.metrics.pgd_steps,
                                  pgd_restarts=config.metrics.pgd_restarts, seed=config.seed)
+        # Per sample (unstable ReLUs under each property's box): into the instance entries.
+        per_sample = measured.pop("per_sample")
         exported.append(ExportedModel(
             level=lv.level, model=model, remain_ratio=lv.metrics["remain_ratio"],
             clean_accuracy=lv.metrics["clean_accuracy"],
             layer_sparsity=lv.metrics["layer_sparsity"],
-            extra={**extra, **measured, **stats, "seed": config.seed,
-                   "pruner": config.pruning.pruner, "structured": structured,
-                   "run": str(config.run_dir())},
+            extra={**extra, **measured, **stats, "relus": count_relus(model, shape),
+                   "seed": config.seed, "pruner": config.pruning.pruner,
+                   "structured": structured, "run": str(config.run_dir())},
+            per_sample=per_sample,
         ))
     root = config.benchmark_dir()
     write_benchmark(

@@ -39,7 +39,7 @@ def _register() -> None:
     from bench.cli import build, collate, run, share, verifiers
 
     for command in (build.build_instances, run.run, run.results, run.merge, collate.tables,
-                    collate.check_results, verifiers.verifiers, share.check, share.pack):
+                    collate.check_results, collate.difficulty, verifiers.verifiers, share.check, share.pack):
         main.add_command(command)
     run.results.add_command(collate.export)
 

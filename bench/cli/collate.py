@@ -56,3 +56,29 @@ def export(results_file, fmt, out_file) -> None:
 
     rows = export_results(Path(results_file), Path(out_file), fmt)
     click.echo(f"wrote {rows} rows to {out_file}")
+
+
+@click.command("difficulty")
+@click.option("--results", "results_files", multiple=True, required=True,
+              type=click.Path(dir_okay=False),
+              help="Results database (repeatable; rows combined as `bench merge` would).")
+@click.option("--out", "out_dir", default="tables/difficulty", show_default=True,
+              type=click.Path(file_okay=False), help="Where the tables and plots go.")
+@click.option("--easy", type=float, default=None,
+              help="Easy: decided within this fraction of the timeout [default: 0.05].")
+@click.option("--medium", type=float, default=None,
+              help="Medium: decided within this fraction of the timeout [default: 0.25].")
+def difficulty(results_files, out_dir, easy, medium) -> None:
+    """Per benchmark: each instance's reference outcome and time per verifier, its difficulty
+    class (trivial, easy, medium, hard, open; disputed where verifiers disagree), a cactus
+    plot, the VNN-COMP scores, and Spearman's rho of verification time against unstable
+    ReLUs per level. Only reads the databases."""
+    from bench.collate.authors import write_index
+    from bench.collate.difficulty import DEFAULT_THRESHOLDS, Thresholds
+
+    thresholds = Thresholds(DEFAULT_THRESHOLDS.easy if easy is None else easy,
+                            DEFAULT_THRESHOLDS.medium if medium is None else medium)
+    index, skipped = write_index(results_files, Path(out_dir), thresholds)
+    for benchmark, why in skipped:
+        click.echo(f"skipped {benchmark}: {why}", err=True)
+    click.echo(f"wrote {index}")

@@ -23,27 +23,37 @@ from bench.cli.options import execution_options, verifier_options
 @click.option("--results", "results_file", default="results/results.db", show_default=True,
               help="SQLite results database.")
 @click.option("--rerun", is_flag=True, help="Run again instances that already have a result.")
+@click.option("--no-cascade", is_flag=True,
+              help="Send every instance to the verifier (for benchmarking verifiers and VNN-COMP "
+                   "scoring); by default cheap stages decide what they can first.")
+@click.option("--stages", default="clean,attack,bounds", show_default=True, metavar="LIST",
+              help="The cascade's cheap stages, in order: clean (a misclassified sample), attack "
+                   "(PGD), bounds (IBP, CROWN, alpha-CROWN).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @execution_options
-def run(instances_dir, verifier, verifier_options, timeout, results_file, rerun, quiet,
-        workers, executor, ray_address, shard) -> None:
+def run(instances_dir, verifier, verifier_options, timeout, results_file, rerun, no_cascade,
+        stages, quiet, workers, executor, ray_address, shard) -> None:
     """Run a verifier on benchmark instances under a hard timeout.
 
-    Instances that already have a result (other than an error) are skipped, so a killed run
-    resumes where it stopped. Several runs may share one results database: each instance is
-    claimed by one of them.
+    By default a cascade of cheap stages (the clean sample, a PGD attack, IBP/CROWN/alpha-CROWN
+    bounds) decides what it can first, and the verifier gets the rest; each result says which
+    stage decided it. Instances that already have a result (other than an error) are skipped,
+    so a killed run resumes where it stopped. Several runs may share one results database:
+    each instance is claimed by one of them.
     """
     from bench.formats.folder import find_benchmarks
     from bench.formats.rules import parse_timeout
     from bench.run.runner import run_benchmarks
+    from bench.verifiers.stages import CascadeSettings
 
     if timeout is not None:
         timeout = parse_timeout(timeout, "--timeout")
+    cascade = None if no_cascade else CascadeSettings(stages=CascadeSettings.parse_stages(stages))
     folders = find_benchmarks(Path(instances_dir))
     summary = run_benchmarks(folders, verifier, Path(results_file), timeout=timeout,
                              rerun=rerun, progress=not quiet, verifier_params=verifier_options,
                              workers=workers, executor=executor, ray_address=ray_address,
-                             shard=shard)
+                             shard=shard, cascade=cascade)
     click.echo(str(summary))
 
 

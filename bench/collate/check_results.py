@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.collate.tables import find_manifest, instance_key
+from bench.collate.tables import benchmark_manifests, instance_key
 from bench.errors import BenchError
 from bench.run.results import read_rows
 from bench.verifiers.base import Status
@@ -162,7 +162,12 @@ def check_results(results_path: str | Path) -> Report:
     path = Path(results_path)
     if not path.is_file():
         raise BenchError(f"no results database at {path}; run `bench run` first")
-    rows = read_rows(path)
+    return check_rows(read_rows(path), str(path))
+
+
+def check_rows(rows: list[dict], source: str) -> Report:
+    """``check_results`` on rows already read (``read_rows``' dicts), e.g. one benchmark's
+    rows, or the rows of several databases; ``source`` names where they came from."""
     misclassified, unchecked = _misclassified_instances(rows)
 
     by_instance: dict[InstanceKey, list[Answer]] = defaultdict(list)
@@ -204,7 +209,7 @@ def check_results(results_path: str | Path) -> Report:
                     score.wrong += 1
                 else:
                     score.correct += 1
-    return Report(results_path=str(path), instances=len(by_instance), results=len(rows),
+    return Report(results_path=source, instances=len(by_instance), results=len(rows),
                   verifiers=verifiers, soundness_alarms=alarms,
                   misclassified_unsats=wrong_unsats, wrong_sats=wrong_sats,
                   unbacked_sats=unbacked, scores=scores,
@@ -215,23 +220,12 @@ def _misclassified_instances(rows: list[dict]
                              ) -> tuple[dict[InstanceKey, dict], list[tuple[str, str]]]:
     """The instances whose manifest marks the sample as misclassified (``correct`` false), and
     the benchmarks whose manifest could not be read (with why)."""
-    by_benchmark: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_benchmark[row["benchmark"]].append(row)
+    found, unchecked = benchmark_manifests(rows)
     misclassified: dict[InstanceKey, dict] = {}
-    unchecked: list[tuple[str, str]] = []
-    for benchmark, members in sorted(by_benchmark.items()):
-        try:
-            found = find_manifest(members)
-        except BenchError as err:
-            unchecked.append((benchmark, str(err)))
-            continue
-        if found is None:
-            unchecked.append((benchmark, "no manifest.json in the folder the results name"))
-            continue
-        instances = found[1].get("instances")
+    for benchmark, members, root, manifest in found:
+        instances = manifest.get("instances")
         if not isinstance(instances, list):
-            unchecked.append((benchmark, f"{found[0]}: the manifest lists no instances"))
+            unchecked.append((benchmark, f"{root}: the manifest lists no instances"))
             continue
         wrong = {instance_key(i["onnx"], i["vnnlib"]): i for i in instances
                  if isinstance(i, dict) and i.get("correct") is False
@@ -276,17 +270,30 @@ def format_report(report: Report) -> str:
                       "None.", lambda item: f"{item.instance}: {item.sat.verifier}: "
                                             f"{_short(item.problem)}")
 
-    lines += ["## Scores", "",
-              f"VNN-COMP style: {CORRECT_POINTS:+d} per correct answer, {WRONG_POINTS:+d} per "
-              f"wrong one, 0 for timeout, unknown and error.", "",
-              "| verifier | score | correct | wrong | " + " | ".join(STATUSES) + " | total |",
-              "|---|---:|---:|---:|" + "---:|" * len(STATUSES) + "---:|"]
+    lines += ["## Scores", "", SCORING_RULE, "", *score_table(report)]
+    return "\n".join(lines) + "\n"
+
+
+SCORING_RULE = (f"VNN-COMP style: {CORRECT_POINTS:+d} per correct answer, {WRONG_POINTS:+d} per "
+                "wrong one, 0 for timeout, unknown and error.")
+SCORE_HEADERS = ("verifier", "score", "correct", "wrong", *STATUSES, "total")
+
+
+def score_cells(report: Report) -> list[list[str]]:
+    """One row per verifier, in ``SCORE_HEADERS`` order."""
+    rows = []
     for name in report.verifiers:
         score = report.scores[name]
-        counts = " | ".join(str(score.counts[status]) for status in STATUSES)
-        lines.append(f"| {name} | {score.score} | {score.correct} | {score.wrong} | {counts} | "
-                     f"{score.total} |")
-    return "\n".join(lines) + "\n"
+        rows.append([name, str(score.score), str(score.correct), str(score.wrong),
+                     *(str(score.counts[status]) for status in STATUSES), str(score.total)])
+    return rows
+
+
+def score_table(report: Report) -> list[str]:
+    """The score table as Markdown lines."""
+    return ["| " + " | ".join(SCORE_HEADERS) + " |",
+            "|---|---:|---:|---:|" + "---:|" * len(STATUSES) + "---:|",
+            *("| " + " | ".join(cells) + " |" for cells in score_cells(report))]
 
 
 def _section(title: str, items: list, none_text: str, describe) -> list[str]:

@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.collate.aggregate import Group, Setting, tried
+from bench.collate import hardness
+from bench.collate.difficulty import CLASSES, REFERENCE, BenchmarkDifficulty
 from bench.collate.tables import Table
 
 PANELS = (("neuron (structured) pruning", True), ("unstructured pruning", False))
@@ -208,3 +210,106 @@ def plot_model_metrics(setting: Setting, groups: Sequence[Group], colors: dict[s
 INSTABILITY = (("instability", "pre-activation", "instability (sum of -l·u, mean per sample)"),
                ("instability_pre_bn", "pre-BN", "instability (sum of -l·u, mean per sample)"))
 UNSTABLE = (("unstable_ratio", "ReLU neurons with l < 0 < u", "ratio of unstable neurons"),)
+
+
+# --- for verifier authors: difficulty, cactus, hardness vs instability ------------------------
+
+CLASS_COLORS = {"trivial": "#bdbdbd", "easy": "#74c476", "medium": "#fdae6b", "hard": "#e6550d",
+                "open": "#3182bd", "disputed": "#d62728", "unmeasured": "#f0f0f0"}
+
+
+def plot_cactus(assessed: BenchmarkDifficulty, path: Path) -> Path:
+    """Instances solved (correct answers: agreeing with a decided, undisputed reference
+    outcome) against time, one line per verifier and the virtual best (fastest agreeing answer
+    per instance)."""
+    solved: dict[str, list[float]] = {v: [] for v in assessed.verifiers}
+    best: list[float] = []
+    for item in assessed.instances:
+        for verifier, time in item.solved.items():
+            solved[verifier].append(time)
+        if item.time is not None and item.outcome in ("sat", "unsat"):
+            best.append(item.time)
+    figure, axes = _new_figure(1, 1, f"Cactus plot: {assessed.benchmark}\n"
+                                     f"{len(assessed.instances)} instances", 6.4, 4.4)
+    ax = axes[0][0]
+    timeout = max((i.timeout for i in assessed.instances if i.timeout), default=None)
+    lines = [(v, solved[v], {}) for v in assessed.verifiers] + \
+        [(REFERENCE, best, {"color": "black", "linestyle": "--", "linewidth": 1.6})]
+    for name, times, style in lines:
+        times = sorted(max(t, 1e-3) for t in times)
+        # Steps: the k-th instance is solved at the k-th smallest time.
+        ax.step([*times, timeout or (times[-1] if times else 1)], [*range(1, len(times) + 1),
+                                                                 len(times)],
+                where="post", label=f"{name} ({len(times)} solved)", **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("time (s, log scale; wall time less start-up where recorded)")
+    ax.set_ylabel("instances solved")
+    if timeout:
+        ax.axvline(timeout, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_ylim(0, max(len(assessed.instances), 1) * 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(figure, path)
+
+
+def plot_difficulty(assessed: BenchmarkDifficulty, path: Path) -> Path:
+    """Instances per difficulty class, stacked, one bar per level."""
+    levels = assessed.levels
+    thresholds = assessed.thresholds
+    figure, axes = _new_figure(1, 1, f"Difficulty per level: {assessed.benchmark}\neasy <= "
+                                     f"{thresholds.easy:.0%}, medium <= {thresholds.medium:.0%} "
+                                     "of the timeout", 6.4, 4.4)
+    ax = axes[0][0]
+    bottom = np.zeros(len(levels))
+    for name in CLASSES:
+        counts = np.array([assessed.counts(level).get(name, 0) for level in levels], float)
+        if counts.any():
+            ax.bar([str(level) for level in levels], counts, bottom=bottom, label=name,
+                   color=CLASS_COLORS[name], edgecolor="black", linewidth=0.4)
+            bottom += counts
+    ax.set_xlabel("pruning level")
+    ax.set_ylabel("instances")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _save(figure, path)
+
+
+def plot_hardness(assessed: BenchmarkDifficulty, path: Path) -> Path | None:
+    """Solve time against unstable ReLUs (CROWN), one panel per verifier and the virtual best,
+    one colour per level; timeouts (open instances) as crosses at the timeout. None when no
+    instance has both."""
+    sources = [*assessed.verifiers, REFERENCE]
+    panels = [(s, {lv: hardness.points(assessed, s, level=lv) for lv in assessed.levels})
+              for s in sources]
+    panels = [(s, by_level) for s, by_level in panels if any(by_level.values())]
+    if not panels:
+        return None
+    rows = {(r.source, r.level): r.correlation for r in hardness.hardness_rows(assessed)
+            if r.bounds == "CROWN"}
+    figure, axes = _new_figure(1, len(panels), f"Verification time vs unstable ReLUs "
+                                               f"(CROWN bounds): {assessed.benchmark}", 4.8, 4.0)
+    for ax, (source, by_level) in zip(axes[0], panels):
+        for index, (level, found) in enumerate(by_level.items()):
+            if not found:
+                continue
+            color = f"C{index % 10}"
+            c = rows.get((source, level))
+            label = f"level {level}: ρ {hardness.rho_text(c)}, N {c.n}" if c else f"level {level}"
+            decided = [(x, t) for x, t, censored in found if not censored]
+            censored = [(x, t) for x, t, censored in found if censored]
+            if decided:
+                ax.scatter(*zip(*decided), s=18, color=color, alpha=0.8, label=label)
+            if censored:
+                ax.scatter(*zip(*censored), s=30, color=color, marker="x",
+                           label=None if decided else label)
+        overall = rows.get((source, hardness.ALL_LEVELS))
+        title = source if overall is None else \
+            f"{source}\nall levels: ρ {hardness.rho_text(overall)} (p " \
+            f"{hardness.p_text(overall)}, N {overall.n})"
+        ax.set_title(title, fontsize=9)
+        ax.set_yscale("log")
+        ax.set_xlabel("unstable ReLUs under the property's box")
+        ax.set_ylabel("time (s, log; × = timeout)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
+    return _save(figure, path)

@@ -8,14 +8,15 @@ per experiment on what the data support first, then provenance, tables, figures 
 """
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from bench.collate import figures, render, stats
+from bench.collate import figures, render, stages, stats
+from bench.collate.authors import Views, render_safe, write_views
+from bench.collate.difficulty import assess_benchmark
 from bench.collate.aggregate import Group, Run, Setting, make_groups, make_run, setting_of, \
     summary_rows, SummaryRow
 from bench.collate.render import MISSING, Block, Link, signed, p_text
@@ -37,18 +38,14 @@ def make_tables(results_path: Path, out_dir: Path) -> list[Path]:
         stem = f"{render_safe(table.benchmark)}__{render_safe(table.verifier)}"
         written += [
             render.write_csv(out_dir / f"{stem}.csv", *render.benchmark_csv(table)),
-            render.write_text(out_dir / f"{stem}.md", render.benchmark_markdown(table)),
+            render.write_text(out_dir / f"{stem}.md", render.benchmark_markdown(table)
+                              + stages.stages_markdown(table.results)),
             figures.plot_benchmark(table, out_dir / f"{stem}.png"),
         ]
         per_benchmark.append((table, stem))
     written += write_report(results, out_dir, per_benchmark)
     written.append(render.write_text(out_dir / "index.md", index_markdown(per_benchmark)))
     return written
-
-
-def render_safe(name: str) -> str:
-    """``name`` as a file name: anything but ASCII letters, digits, ``.``, ``_``, ``-`` is ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 @dataclass
@@ -104,11 +101,24 @@ def write_report(results: Sequence[dict], out_dir: Path,
 
     model_figures = write_model_figures(by_setting, colors, out_dir)
     written += [path for _, paths in model_figures for path in paths]
-    blocks = report_blocks(outputs, model_figures, results, manifests, per_benchmark, out_dir)
+    views = write_author_views(results, per_benchmark, out_dir)
+    written += [path for v in views for path in v.files.values()]
+    blocks = report_blocks(outputs, model_figures, results, manifests, per_benchmark, out_dir,
+                           views)
     written.append(render.write_text(out_dir / "report.md", render.render_markdown(blocks)))
     written.append(render.write_text(out_dir / "report.html", render.render_html(
         blocks, "prune-bench verification report")))
     return written
+
+
+def write_author_views(results: Sequence[dict], per_benchmark: Sequence[tuple[Table, str]],
+                       out_dir: Path) -> list[Views]:
+    """Per benchmark (each once, whatever the verifiers): difficulty, cactus plot, scores and
+    time vs instability (``bench.collate.authors``), under ``verifiers/``."""
+    tables = {table.benchmark: table for table, _ in per_benchmark}
+    return [write_views(assess_benchmark(name, table.manifest, results, table.root), results,
+                        out_dir / "verifiers", render_safe(name), link_base=out_dir)
+            for name, table in sorted(tables.items())]
 
 
 def write_model_figures(by_setting: dict[Setting, list[Run]], colors: dict[str, str],
@@ -214,7 +224,7 @@ def provenance_blocks(results: Sequence[dict], manifests: dict[str, dict]) -> li
 def report_blocks(outputs: Sequence[SettingOutput],
                   model_figures: Sequence[tuple[Setting, list[Path]]], results: Sequence[dict],
                   manifests: dict[str, dict], per_benchmark: Sequence[tuple[Table, str]],
-                  out_dir: Path) -> list[Block]:
+                  out_dir: Path, views: Sequence[Views] = ()) -> list[Block]:
     def rel(path: Path) -> str:
         return path.relative_to(out_dir).as_posix()
 
@@ -227,8 +237,15 @@ def report_blocks(outputs: Sequence[SettingOutput],
         Block("h2", ["What the data support"]),
         Block("list", [[headline(group, out.setting)] for out in outputs
                        for group in out.groups]),
-        *provenance_blocks(results, manifests),
     ]
+    if views:
+        blocks += [Block("p", ["Does pruning make verification easier through fewer unstable "
+                               "neurons, instance by instance? Spearman's ρ of verification "
+                               "time against the unstable ReLUs under each property's box "
+                               "(details under \"For verifier authors\"):"]),
+                   Block("list", [[v.sentence] for v in views])]
+    blocks += provenance_blocks(results, manifests)
+    blocks += stages.stage_blocks(results)
     for out in outputs:
         f = out.files
         blocks += [
@@ -258,6 +275,11 @@ def report_blocks(outputs: Sequence[SettingOutput],
                        "Ratio of unstable neurons vs level (Fig. 6): ")
             blocks += [Block("p", [caption, Link(path.name, rel(path))]),
                        Block("img", [caption.rstrip(": "), rel(path)])]
+    if views:
+        blocks.append(Block("h2", ["For verifier authors: difficulty, cactus plots, scores, "
+                                   "time vs instability"]))
+        for v in views:
+            blocks += v.blocks
     blocks.append(Block("h2", ["Per benchmark"]))
     blocks.append(Block("list", [[f"{t.benchmark}, {t.verifier}: ", Link("table", f"{s}.md"),
                                   ", ", Link("CSV", f"{s}.csv"), ", ", Link("plot", f"{s}.png")]

@@ -134,6 +134,27 @@ def find_manifest(rows: list[dict]) -> tuple[Path, dict] | None:
     return None
 
 
+def benchmark_manifests(rows: list[dict]
+                        ) -> tuple[list[tuple[str, list[dict], Path, dict]], list[tuple[str, str]]]:
+    """The rows grouped by benchmark, sorted by name, each with the folder and manifest it came
+    from (``find_manifest``); and the benchmarks without a readable manifest, with why."""
+    by_benchmark: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_benchmark[row["benchmark"]].append(row)
+    found, missing = [], []
+    for benchmark, members in sorted(by_benchmark.items()):
+        try:
+            located = find_manifest(members)
+        except BenchError as err:
+            missing.append((benchmark, str(err)))
+            continue
+        if located is None:
+            missing.append((benchmark, "no manifest.json in the folder the results name"))
+            continue
+        found.append((benchmark, members, *located))
+    return found, missing
+
+
 def manifest_for(benchmark: str, rows: list[dict]) -> tuple[Path, dict]:
     """``find_manifest``, with a ``BenchError`` that says what to do when there is none."""
     found = find_manifest(rows)
@@ -258,10 +279,16 @@ def verified_accuracy(results_path: str | Path, benchmark: str, verifier: str
     """Verified accuracy in percent per level of ``benchmark`` by ``verifier``, as ``bench
     tables`` computes it (unsat on a correctly classified sample), for the levels whose every
     instance has a result; levels with missing results are left out (unknown, not zero)."""
-    rows = [r for r in read_rows(Path(results_path))
-            if r["benchmark"] == benchmark and r["verifier"] == verifier]
+    return verified_accuracy_of(read_rows(Path(results_path)), benchmark, verifier,
+                                str(results_path))
+
+
+def verified_accuracy_of(rows: list[dict], benchmark: str, verifier: str, source: str
+                         ) -> dict[int, float]:
+    """``verified_accuracy`` of rows already read; ``source`` names where they came from."""
+    rows = [r for r in rows if r["benchmark"] == benchmark and r["verifier"] == verifier]
     if not rows:
-        raise BenchError(f"{results_path} has no results of {verifier} on {benchmark}; "
+        raise BenchError(f"{source} has no results of {verifier} on {benchmark}; "
                          "run `bench run` first")
     table = build_table(benchmark, verifier, rows)
     return {row.level: row.verified_accuracy for row in table.rows if row.missing == 0}

@@ -48,13 +48,15 @@ from typing import Any, Callable, Mapping, Sequence
 from bench.errors import BenchError
 from bench.formats.folder import FileProblem, Instance, materialize
 from bench.parallel import (Slot, default_window, describe_cpu, describe_gpu, enter_worker,
-                            import_ray, ray_connect)
+                            import_ray, one_thread_environment, ray_connect)
 from bench.run import claims
+from bench.run.cascade import verify_batch, verify_instance
 from bench.run.claims import RunIdentity
 from bench.run.results import ResultsDB, database_error, is_decided_row
 from bench.supervisor import reusing_supervisors
 from bench.verifiers import VERIFIERS, Status, Verifier
-from bench.verifiers.harness import RunRecord, run_batch, run_instance
+from bench.verifiers.engine import keep_engines, keeping_engines
+from bench.verifiers.harness import RunRecord
 
 Key = tuple[str, str, str]  # (benchmark, onnx, vnnlib): one instance, for one verifier
 Row = dict[str, Any]  # a RunRecord's fields plus the provenance columns
@@ -62,6 +64,14 @@ Unit = Sequence[Instance]  # what one worker runs in one go: an instance, or one
 # Called in the runner once a row is in the database, with its status; with None for an
 # instance left to another run (claimed by it, or decided by it meanwhile).
 OnResult = Callable[[Key, "str | None"], None]
+# Called in the runner with the measurements of every row run now (``row_facts``).
+OnRow = Callable[[dict], None]
+# What the runner's summary needs of a row (sent by pool workers with each row).
+ROW_FACTS = ("status", "wall_time", "startup_time", "decided_by")
+
+
+def row_facts(row: Row) -> dict:
+    return {name: row.get(name) for name in ROW_FACTS}
 
 
 def key_of(item: Instance | Row) -> Key:
@@ -90,6 +100,9 @@ class RunSpec:
     run: RunIdentity | None = None  # claims instances, and writes rows as this run; None: neither
     rerun: bool = False  # redo decided instances (those decided before ``run`` started)
     cache_dir: Path | None = None  # plain copies of compressed instance files (``materialize``)
+    # The cascade's settings (``CascadeSettings.as_params()``); None: every instance goes
+    # straight to the verifier.
+    cascade: dict[str, Any] | None = None
 
     @property
     def key_name(self) -> str:
@@ -155,7 +168,7 @@ def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
             finish(record)
 
         try:
-            run_batch(verifier, list(unit), spec.log_dir, on_record=on_record)
+            verify_batch(verifier, list(unit), spec.log_dir, spec.cascade, on_record)
         except DeliveryFailed:
             raise
         except Exception as err:
@@ -165,7 +178,7 @@ def run_unit(verifier: Verifier, spec: RunSpec, unit: Unit, device: str,
         return
     for instance in unit:
         try:
-            record = run_instance(verifier, instance, spec.log_dir)
+            record = verify_instance(verifier, instance, spec.log_dir, spec.cascade)
         except Exception as err:
             record = harness_failure(spec.key_name, instance, spec.log_dir, err)
         finish(record)
@@ -217,12 +230,15 @@ def harness_failure(verifier: str, instance: Instance, log_dir: Path,
 # --------------------------------------------------------------------------- serial
 
 
-def run_serial(spec: RunSpec, units: Sequence[Unit], slot: Slot, on_result: OnResult) -> None:
+def run_serial(spec: RunSpec, units: Sequence[Unit], slot: Slot, on_result: OnResult,
+               on_row: OnRow | None = None) -> None:
     verifier = spec.make_verifier()
-    with ResultsDB(spec.results_path) as db, reusing_supervisors():
+    with ResultsDB(spec.results_path) as db, reusing_supervisors(), keeping_engines():
         def deliver(row: Row) -> None:
             db.record(row, by=spec.run)
             on_result(key_of(row), row["status"])
+            if on_row is not None:
+                on_row(row_facts(row))
 
         for unit in units:
             held = claim_unit(db, spec, unit, on_result)
@@ -240,21 +256,26 @@ class WorkerFailed(RuntimeError):
 
 def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -> None:
     """A pool worker: receives units until it receives None; writes each row, then reports it.
-    Messages are ``(kind, payload, status)``: ("row", key, status), ("unit_done", None, None),
-    ("fatal", traceback, None), ("user_error", one-line message, None)."""
+    Messages are ``(kind, payload, status, facts)``: ("row", key, status, ``row_facts``),
+    ("unit_done", None, None, None), ("fatal", traceback, None, None), ("user_error", one-line
+    message, None, None)."""
     enter_worker(parent_pid, slot, signal.SIGTERM)
+    # One thread per worker, for the tools it starts too (unless the user set a number): N
+    # workers on N cores.
+    for name, value in one_thread_environment().items():
+        os.environ.setdefault(name, value)
     try:
         verifier = spec.make_verifier()
         db = ResultsDB(spec.results_path)
     except Exception:
-        conn.send(("fatal", traceback.format_exc(), None))
+        conn.send(("fatal", traceback.format_exc(), None, None))
         return
 
     def deliver(row: Row) -> None:
         db.record(row, by=spec.run)  # durable first: a kill between the two loses nothing
-        conn.send(("row", key_of(row), row["status"]))
+        conn.send(("row", key_of(row), row["status"], row_facts(row)))
 
-    with reusing_supervisors():
+    with reusing_supervisors(), keeping_engines():
         while True:
             try:
                 unit = conn.recv()
@@ -267,10 +288,10 @@ def _pool_worker(conn: Connection, spec: RunSpec, slot: Slot, parent_pid: int) -
                 run_unit(verifier, spec, unit, slot.device, deliver)
             except Exception as err:
                 problem = database_failure(spec.results_path, err)
-                conn.send(("user_error", str(problem), None) if problem else
-                          ("fatal", traceback.format_exc(), None))
+                conn.send(("user_error", str(problem), None, None) if problem else
+                          ("fatal", traceback.format_exc(), None, None))
                 return
-            conn.send(("unit_done", None, None))
+            conn.send(("unit_done", None, None, None))
 
 
 class _PoolWorker:
@@ -309,7 +330,7 @@ class _PoolWorker:
 
 
 def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
-             on_result: OnResult) -> None:
+             on_result: OnResult, on_row: OnRow | None = None) -> None:
     """Run ``units`` on ``len(slots)`` worker processes, each unit as soon as a worker is free.
     A worker that dies (killed by the OOM killer, a crash) costs the instances it had in flight
     an error row each (retried next run), and is replaced."""
@@ -370,7 +391,7 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
                 # last row and be gone by the time we look.
                 try:
                     while worker.conn.poll():
-                        kind, payload, status = worker.conn.recv()
+                        kind, payload, status, facts = worker.conn.recv()
                         if kind == "user_error":
                             raise BenchError(payload)
                         if kind == "fatal":
@@ -379,6 +400,8 @@ def run_pool(spec: RunSpec, units: Sequence[Unit], slots: Sequence[Slot],
                             deaths_without_progress = 0
                             worker.pending.discard(payload)
                             on_result(payload, status)
+                            if on_row is not None:
+                                on_row(facts)
                         elif kind == "unit_done":
                             worker.unit, worker.pending = None, set()
                             feed(worker)
@@ -406,6 +429,7 @@ def _ray_unit(spec: RunSpec, unit: Unit) -> list[Row]:
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]  # Ray set CUDA_VISIBLE_DEVICES to these
     device = ", ".join(describe_gpu(i) for i in gpu_ids) if gpu_ids else describe_cpu()
     rows: list[Row] = []
+    keep_engines()  # a Ray worker process runs many tasks: its persistent worker stays
     with reusing_supervisors():
         run_unit(_VERIFIERS_IN_TASK[key], spec, unit, device, rows.append)
     return rows
@@ -413,7 +437,7 @@ def _ray_unit(spec: RunSpec, unit: Unit) -> list[Row]:
 
 def run_ray(spec: RunSpec, units: Sequence[Unit], on_result: OnResult, *,
             address: str | None = None, max_in_flight: int | None = None,
-            num_gpus: float = 0.0, num_cpus: float = 1.0) -> None:
+            num_gpus: float = 0.0, num_cpus: float = 1.0, on_row: OnRow | None = None) -> None:
     """One Ray task per unit (``num_gpus`` GPUs each); the driver writes the rows as tasks
     finish. A task that fails as a whole (its node died after Ray's retries) costs its
     instances an error row each, retried next run."""
@@ -446,6 +470,8 @@ def run_ray(spec: RunSpec, units: Sequence[Unit], on_result: OnResult, *,
                     for row in rows:
                         db.record(row, by=spec.run)
                         on_result(key_of(row), row["status"])
+                        if on_row is not None:
+                            on_row(row_facts(row))
     finally:
         for ref in in_flight:  # interrupted: do not leave the cluster busy with them
             ray.cancel(ref, force=True)

@@ -38,9 +38,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import random
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +77,7 @@ RECORD_COLUMNS: dict[str, str] = {
     "decided_by": "TEXT",
     "startup_time": "REAL",
     "benchmark_hash": "TEXT",
+    "stage_times": "TEXT",  # JSON: seconds per cascade stage
 }
 assert list(RECORD_COLUMNS) == [f.name for f in dataclasses.fields(RunRecord)], "keep in step"
 # ... and what the runner adds: which code, configuration and device produced the row.
@@ -182,6 +186,23 @@ class ResultsDB:
         return self._conn
 
     def _create(self, check: bool) -> None:
+        # Several processes opening a new database at once can meet in a lock upgrade that SQLite
+        # answers with an immediate SQLITE_BUSY instead of waiting (its deadlock rule, which the
+        # busy timeout does not cover): such a start is tried again, within the busy timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        for attempt in itertools.count():
+            try:
+                return self._create_once(check)
+            except sqlite3.OperationalError as err:
+                name = getattr(err, "sqlite_errorname", "") or ""
+                if not name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) \
+                        or time.monotonic() > deadline:
+                    raise
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                time.sleep(min(0.01 * 2 ** attempt, 0.5) * random.uniform(0.5, 1.0))
+
+    def _create_once(self, check: bool) -> None:
         # Judge the file before changing anything in it (even WAL mode is written to the file).
         problem = schema_problem(self.conn, writing=True)
         if problem is None and check:
@@ -189,6 +210,18 @@ class ResultsDB:
         if problem is not None:
             raise BenchError(f"{self.path} {problem}")
         self.conn.execute("PRAGMA journal_mode = WAL")
+        with self.transaction():
+            self._create_tables()
+        # A database written by an older version gains the newer columns (as NULL). Altered
+        # inside one write transaction that looks again: several workers open the same old
+        # database at once, and only the first may add a column.
+        if self._missing_columns():
+            with self.transaction():
+                for name in self._missing_columns():
+                    kind = COLUMNS[name].replace(" NOT NULL", "")  # existing rows get NULL
+                    self.conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+
+    def _create_tables(self) -> None:
         columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
         self.conn.execute(f"""
             CREATE TABLE IF NOT EXISTS results (
@@ -202,14 +235,6 @@ class ResultsDB:
                 {claim_columns},
                 PRIMARY KEY ({", ".join(KEY)})
             )""")
-        # A database written by an older version gains the newer columns (as NULL). Altered
-        # inside one write transaction that looks again: several workers open the same old
-        # database at once, and only the first may add a column.
-        if self._missing_columns():
-            with self.transaction():
-                for name in self._missing_columns():
-                    kind = COLUMNS[name].replace(" NOT NULL", "")  # existing rows get NULL
-                    self.conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
 
     def _missing_columns(self) -> list[str]:
         present = {row["name"] for row in self.conn.execute("PRAGMA table_info(results)")}

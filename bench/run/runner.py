@@ -56,6 +56,7 @@ from bench.shards import Shard
 from bench.progress import Progress
 from bench.parallel import exit_on_signal, make_slots
 from bench.verifiers import VERIFIERS, Verifier
+from bench.verifiers.stages import CascadeSettings
 
 EXECUTORS = ("local", "ray")
 
@@ -75,10 +76,21 @@ class RunSummary:
     workers: int = 1  # processes (local) or tasks in flight (ray; 0: as many as the cluster)
     executor: str = "local"
     seconds: float = 0.0
+    cascade: str = ""  # the cheap stages that ran before the verifier ("": none)
+    decided_by: dict[str, int] = field(default_factory=dict)  # decided_by -> instances run now
+    tool_seconds: float = 0.0  # the wall times of the instances run now, added up ...
+    startup_seconds: float = 0.0  # ... and the tools' start-up in them (their startup_time)
 
     @property
     def run(self) -> int:
         return sum(self.counts.values())
+
+    def add_row(self, facts: dict) -> None:
+        """Count one row run now (``executors.row_facts``)."""
+        if facts.get("decided_by"):
+            self.decided_by[facts["decided_by"]] = self.decided_by.get(facts["decided_by"], 0) + 1
+        self.tool_seconds += facts.get("wall_time") or 0.0
+        self.startup_seconds += facts.get("startup_time") or 0.0
 
     def __str__(self) -> str:
         statuses = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
@@ -88,6 +100,16 @@ class RunSummary:
                    if self.elsewhere else "")
                 + (f" in shard {self.shard}" if self.shard else "")
                 + f"; results in {self.results_path}, logs in {self.log_dir}")
+        if self.decided_by:
+            cascade = f" (cascade {self.cascade}, then the verifier)" if self.cascade else ""
+            text += f"\ndecided by{cascade}: " + ", ".join(
+                f"{stage} {n}" for stage, n in sorted(self.decided_by.items()))
+        if self.tool_seconds > 0:
+            share = 100.0 * self.startup_seconds / self.tool_seconds
+            text += (f"\ntool start-up (interpreter, imports, model loading): "
+                     f"{self.startup_seconds:.1f} s of the instances' {self.tool_seconds:.1f} s "
+                     f"wall time ({share:.0f} %); the run took {self.seconds:.1f} s on "
+                     f"{self.workers} worker(s)")
         if not self.verifier_installed:
             text += f"\n{self.verifier} is not installed: {self.install_hint}"
         return text
@@ -121,11 +143,15 @@ def uses_gpu(verifier: Verifier) -> bool:
     return bool(verifier.uses_gpu())
 
 
-def provenance(verifier: Verifier) -> dict[str, Any]:
+def provenance(verifier: Verifier, cascade: CascadeSettings | None = None) -> dict[str, Any]:
     """The columns that say which code and configuration produced a row (the device is added
-    by whoever runs it)."""
-    return {"suite_version": bench.__version__, "verifier_params": params_json(verifier.params),
-            "params_hash": params_hash(verifier.params)}
+    by whoever runs it). The cascade's settings are among the parameters (under ``cascade``),
+    so that rows with and without it, or with other stages, have different hashes."""
+    params = dict(verifier.params)
+    if cascade is not None:
+        params["cascade"] = cascade.as_params()
+    return {"suite_version": bench.__version__, "verifier_params": params_json(params),
+            "params_hash": params_hash(params)}
 
 
 def make_units(instances: Sequence[Instance], batch: bool) -> list[list[Instance]]:
@@ -145,12 +171,14 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
                    verifier_params: dict[str, Any] | None = None, *,
                    workers: int | None = None, executor: str = "local",
                    ray_address: str | None = None, shard: Shard | str | None = None,
-                   progress_stream: TextIO | None = None) -> RunSummary:
+                   progress_stream: TextIO | None = None,
+                   cascade: CascadeSettings | None = None) -> RunSummary:
     """Run ``verifier_name`` on every instance of ``folders`` (of ``shard`` only, if given);
     ``timeout`` overrides the per-instance timeouts. ``workers``: local processes (default 1,
     or one per GPU for a GPU verifier) or, with ``executor="ray"``, the most tasks in flight
-    (default twice the cluster's CPUs, or GPUs). Returns how many instances ended in each
-    status."""
+    (default twice the cluster's CPUs, or GPUs). ``cascade``: the cheap stages that decide what
+    they can before the verifier (``bench.run.cascade``; None: none, as here by default; the CLI
+    turns them on). Returns how many instances ended in each status."""
     started = time.monotonic()
     verifier = VERIFIERS.get(verifier_name)(**(verifier_params or {}))
     if timeout is not None:
@@ -171,13 +199,16 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
 
     summary = RunSummary(verifier=name, results_path=str(results_path),
                          log_dir=str(log_dir), install_hint=verifier.install_hint,
-                         total=len(instances), shard=str(shard or ""), executor=executor)
+                         total=len(instances), shard=str(shard or ""), executor=executor,
+                         cascade=",".join(cascade.stages) if cascade else "")
     summary.verifier_installed = _installed(verifier)
     spec = executors.RunSpec(verifier=verifier_name, params=dict(verifier.params),
                              log_dir=log_dir, results_path=results_path,
-                             provenance=provenance(verifier), batch=_supports_batch(verifier),
-                             result_name=name, run=RunIdentity.here(), rerun=rerun,
-                             cache_dir=log_dir.parent / f"{results_path.stem}_cache")
+                             provenance=provenance(verifier, cascade),
+                             batch=_supports_batch(verifier), result_name=name,
+                             run=RunIdentity.here(), rerun=rerun,
+                             cache_dir=log_dir.parent / f"{results_path.stem}_cache",
+                             cascade=cascade.as_params() if cascade else None)
     counts: Counter[str] = Counter()
     try:
         with ResultsDB(results_path, check=True) as db:
@@ -223,16 +254,16 @@ def _execute(spec: executors.RunSpec, units: list[list[Instance]], on_result: ex
     if executor == "ray":
         summary.workers = workers or 0
         executors.run_ray(spec, units, on_result, address=ray_address, max_in_flight=workers,
-                          num_gpus=1.0 if gpu else 0.0)
+                          num_gpus=1.0 if gpu else 0.0, on_row=summary.add_row)
         return
     slots = make_slots(workers, gpu)
     summary.workers = len(slots)
     # In this process when nothing needs pinning; a pinned GPU worker needs its own environment,
     # hence its own process, even alone.
     if len(slots) == 1 and slots[0].cuda_visible_devices is None:
-        executors.run_serial(spec, units, slots[0], on_result)
+        executors.run_serial(spec, units, slots[0], on_result, summary.add_row)
     else:
-        executors.run_pool(spec, units, slots, on_result)
+        executors.run_pool(spec, units, slots, on_result, summary.add_row)
 
 
 @contextlib.contextmanager

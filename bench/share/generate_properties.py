@@ -6,7 +6,16 @@ can be tuned to the published properties. It reads ``data/pool.npz`` (shipped be
 script), picks ``properties`` samples deterministically from SEED among the samples that EVERY
 model classifies correctly (a misclassified sample is a trivial counterexample, not a
 robustness question; picking the same samples for every model keeps the pruning levels
-comparable), and writes:
+comparable), and writes the files below.
+
+The selection is STRATIFIED by predicted difficulty where the pool carries it (``hardness``:
+per sample, the mean over the models of its unstable ReLUs under the property's box, from CROWN
+bounds; see the README): the candidates sorted by it are cut into ``strata`` groups of (nearly)
+equal size, and every seed draws the same number from each group, the extra ones (when the
+count does not divide) from the hardest groups. So every seed gives the same spread of predicted
+difficulty, and a new seed cannot silently make the benchmark easy; only which samples of each
+group are drawn changes. Samples without a predicted difficulty are then not candidates. A pool
+without ``hardness`` (an older pack) gets the plain uniform draw of ``select``.
 
 - ``vnnlib/sample_<test index>.vnnlib``: one L-inf robustness property per selected sample, plain
   text (earlier ``sample_*.vnnlib`` / ``.vnnlib.gz`` files of this benchmark are removed);
@@ -25,7 +34,9 @@ byte for byte what ``bench.formats.vnnlib.robustness_property`` and
 ``data/pool.npz`` holds ``x`` (candidate images, float32, raw pixels), ``y`` (labels), ``index``
 (their test-set indices), ``correct`` (models x candidates, bool), ``onnx`` (model paths),
 ``eps``, ``timeout``, ``lower``, ``upper``, ``num_outputs``, ``properties`` (how many to select),
-``max_total_timeout`` and ``vnnlib_version``.
+``max_total_timeout`` and ``vnnlib_version``; and, where difficulty is predicted,
+``unstable_relus`` (models x candidates, CROWN, -1 where unknown), ``hardness`` (per candidate,
+float, NaN where unknown) and ``strata``.
 """
 from __future__ import annotations
 
@@ -55,6 +66,45 @@ def select(correct: np.ndarray, count: int, seed: int) -> np.ndarray:
     keys = np.random.default_rng(seed).random(candidates.size)
     chosen = candidates[np.argsort(keys, kind="stable")[:count]]
     return np.sort(chosen)
+
+
+def strata_sizes(total: int, groups: int) -> np.ndarray:
+    """``total`` split into ``groups`` near-equal integers, the larger ones LAST (the hardest
+    groups), so quotas that put their extra ones last always fit the groups."""
+    sizes = np.full(groups, total // groups, dtype=np.int64)
+    sizes[groups - total % groups:] += 1
+    return sizes
+
+
+def strata(correct: np.ndarray, hardness: np.ndarray, count: int, groups: int
+           ) -> list[np.ndarray]:
+    """The candidates (classified correctly by every model, with a finite ``hardness``) ranked
+    by ``hardness`` (ties by pool position) and cut into ``min(groups, count)`` near-equal
+    groups, easiest first: pool positions per group."""
+    candidates = np.flatnonzero(np.all(correct, axis=0) & np.isfinite(hardness))
+    groups = max(1, min(int(groups), int(count), max(candidates.size, 1)))
+    ranked = candidates[np.lexsort((candidates, hardness[candidates]))]
+    cuts = np.cumsum(strata_sizes(candidates.size, groups))[:-1]
+    return np.split(ranked, cuts)
+
+
+def select_stratified(correct: np.ndarray, hardness: np.ndarray, count: int, seed: int,
+                      groups: int) -> np.ndarray:
+    """Positions in the pool of the selected samples, in increasing order: ``count`` samples,
+    the same number from each group of ``strata``, the extra ones from the hardest groups
+    (all candidates when there are no more than ``count``). Each candidate gets a key from one
+    ``Generator.random`` draw in pool order, and the smallest keys of a group win, as in
+    ``select``."""
+    cut = strata(correct, hardness, count, groups)
+    candidates = np.sort(np.concatenate(cut))
+    keys = dict(zip(candidates.tolist(), np.random.default_rng(seed).random(candidates.size)))
+    if candidates.size <= count:
+        return candidates
+    chosen = []
+    for members, quota in zip(cut, strata_sizes(count, len(cut))):
+        order = sorted(members.tolist(), key=lambda position: keys[position])
+        chosen += order[:quota]
+    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 # --- VNN-LIB 1.0 (as bench.formats.vnnlib.robustness_property) ----------------------------------------
@@ -143,12 +193,18 @@ def generate(seed: int, root: Path = HERE) -> list[str]:
     if total > float(pool["max_total_timeout"]):
         raise SystemExit(f"error: {wanted} properties x {len(models)} models x {timeout} s = "
                          f"{total} s exceeds the cap of {float(pool['max_total_timeout'])} s")
-    chosen = select(pool["correct"], wanted, seed)
+    if "hardness" in pool:
+        chosen = select_stratified(pool["correct"], pool["hardness"], wanted, seed,
+                                   int(pool["strata"]))
+        which = "classified correctly by every model and with a predicted difficulty"
+    else:
+        chosen = select(pool["correct"], wanted, seed)
+        which = "classified correctly by every model"
     if chosen.size == 0:
-        raise SystemExit("error: no sample of the pool is classified correctly by every model")
+        raise SystemExit(f"error: no sample of the pool is {which}")
     if chosen.size < wanted:
-        print(f"warning: only {chosen.size} samples of the pool are classified correctly by every "
-              f"model; writing {chosen.size} properties instead of {wanted}", file=sys.stderr)
+        print(f"warning: only {chosen.size} samples of the pool are {which}; writing "
+              f"{chosen.size} properties instead of {wanted}", file=sys.stderr)
 
     written = []
     (root / "vnnlib").mkdir(exist_ok=True)
@@ -196,10 +252,13 @@ def update_manifest(root: Path, seed: int, pool: dict, models: list[str], chosen
                for rel, pos in zip(written, chosen)]
     manifest["properties"] = [{"vnnlib": rel, "sample_index": index, "label": label,
                                "eps": float(pool["eps"])} for rel, index, label, _ in samples]
+    unstable = pool.get("unstable_relus")  # predicted difficulty, where the pool has it
     manifest["instances"] = [
         {"onnx": model, "vnnlib": rel, "timeout": float(pool["timeout"]),
          "level": levels[model], "sample_index": index, "label": label,
-         "correct": bool(pool["correct"][number, pos])}
+         "correct": bool(pool["correct"][number, pos]),
+         **({"unstable_relus": int(unstable[number, pos])}
+            if unstable is not None and unstable[number, pos] >= 0 else {})}
         for number, model in enumerate(models) for rel, index, label, pos in samples]
     # Only what this script wrote is hashed anew: the models keep the hashes they were shipped
     # with, so that a model changed since is still caught.

@@ -1,4 +1,5 @@
-"""Pack a benchmark folder for VNN-COMP: ``bench pack SRC --out DEST [--seed S]``.
+"""Pack a benchmark folder for VNN-COMP: ``bench pack SRC --out DEST [--seed S] [--select
+graded --budget 6h --results DB ...]``.
 
 The packed folder::
 
@@ -9,6 +10,9 @@ The packed folder::
     DEST/generate_properties.py     `python generate_properties.py SEED`: numpy only
     DEST/data/pool.npz              the candidate samples that script selects from
     DEST/README.md                  the properties, the selection, and each model's statistics
+    DEST/reference/                 with results databases (and no seed): the shipped
+                                    instances' reference results (CSV, Markdown), difficulty
+                                    histogram, cactus plot, time vs unstable ReLUs
     DEST/manifest.json              the source's manifest for the shipped instances: the
                                     benchmark's name and content hash, and the sha256 of every
                                     other file of DEST (checked by `bench check`)
@@ -20,6 +24,17 @@ Which properties are shipped:
   results on the shipped instances, and the README's verified accuracy describes them.
 - ``seed=S``: what ``generate_properties.py S`` writes: N samples drawn from the pool among
   those every model classifies correctly (see that script). VNN-COMP reruns it with its own seed.
+- ``select="graded"`` (no seed): the instances and models ``bench.share.graded`` chooses by the
+  difficulty measured in the results databases, filling the budget (``max_total_timeout``),
+  with the build's own property files; the README states the rule and the mix.
+
+The pool also predicts each candidate's difficulty: its unstable ReLUs under the property's box
+on each shipped model (CROWN bounds intersected with IBP's, ``bench.build.metrics``, on the ONNX
+model converted to torch), averaged over the models (``hardness``), which
+``generate_properties.py`` stratifies its draw by. On the samples the build measured, they are
+compared with the manifest's ``unstable_relus`` (the same bounds of the same network, so they
+agree up to rounding), and the README says how many agree. Where a model cannot be bounded,
+the pool has no prediction and the draw is uniform; the README says why.
 
 The pool is the first ``pool_size`` (default 1000) test samples of the benchmark's dataset,
 loaded again here; the build's own properties must come out of it byte for byte, which proves
@@ -51,12 +66,19 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 import bench
+from bench.collate.authors import write_views
+from bench.collate.difficulty import BenchmarkDifficulty, assess_benchmark, hardness_score, \
+    read_results_rows
+from bench.collate.render import markdown_table, render_markdown
+from bench.collate.tables import instance_key
+from bench.share.graded import GradedSelection, readme_lines, select_graded
 from bench.share.check import check_benchmark, format_problems
 from bench.errors import BenchError
 from bench.formats.folder import (INSTANCES, MANIFEST, REBUILD, VNNCOMP_MAX_TOTAL_TIMEOUT,
@@ -67,26 +89,95 @@ SCRIPT = "generate_properties.py"
 POOL = "data/pool.npz"
 README = "README.md"
 DEFAULT_POOL_SIZE = 1000
+DEFAULT_STRATA = 10  # groups of predicted difficulty generate_properties.py draws from equally
 _SCRIPT_SOURCE = Path(__file__).with_name("generate_properties.py")
+
+
+@dataclass
+class Shipment:
+    """What a selection ships, before a seed (if any) re-selects the properties."""
+
+    models: list[dict]  # manifest model entries, by level
+    instances: list[dict]  # manifest instance entries, by level then sample
+    properties: list[dict]  # manifest property entries
+    per_model: int  # properties per model that generate_properties.py draws
+    reduced: bool = False  # fewer properties per model than the benchmark has (the cap)
+    graded: GradedSelection | None = None
+
+
+def _select_all(manifest: dict, assessed: BenchmarkDifficulty | None, cap: float,
+                include_trivial: bool) -> Shipment:
+    """Every model with the first properties that fit under the cap (all of them if they do)."""
+    models = sorted(manifest["models"], key=lambda m: int(m["level"]))
+    properties = manifest["properties"]
+    timeout = float(manifest["timeout"])  # within the rules: load_manifest checked it
+    count = _properties_within_cap(len(properties), len(models), timeout, cap)
+    shipped = {p["vnnlib"] for p in properties[:count]}
+    return Shipment(models, [i for i in manifest["instances"] if i["vnnlib"] in shipped],
+                    properties[:count], count, reduced=count < len(properties))
+
+
+def _select_graded(manifest: dict, assessed: BenchmarkDifficulty | None, cap: float,
+                   include_trivial: bool) -> Shipment:
+    """``bench.share.graded``: instances by measured difficulty, filling the budget ``cap``."""
+    if assessed is None:
+        raise BenchError("--select graded needs the measurements: pass --results DB (repeatable) "
+                         "with results of `bench run` on this benchmark")
+    selection = select_graded(assessed, cap, include_trivial)
+    graded = {(i.onnx, i.vnnlib): i for i in selection.chosen}
+    instances = [{**inst, "difficulty": graded[key].difficulty,
+                  "reference_outcome": graded[key].outcome}
+                 for inst in manifest["instances"]
+                 if (key := (inst["onnx"], inst["vnnlib"])) in graded]
+    levels = set(selection.levels)
+    models = sorted((m for m in manifest["models"] if int(m["level"]) in levels),
+                    key=lambda m: int(m["level"]))
+    vnnlibs = {i["vnnlib"] for i in instances}
+    properties = [p for p in manifest["properties"] if p["vnnlib"] in vnnlibs]
+    timeout = float(manifest["timeout"])
+    # A rerun of generate_properties.py ships about as many instances, under the same cap.
+    per_model = min(max(1, round(len(instances) / len(models))),
+                    _properties_within_cap(len(manifest["properties"]), len(models), timeout,
+                                           cap))
+    return Shipment(models, instances, properties, per_model, graded=selection)
+
+
+SELECTIONS = {"all": _select_all, "graded": _select_graded}
 
 
 def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
                    max_total_timeout: float = VNNCOMP_MAX_TOTAL_TIMEOUT,
                    verified: Mapping[Any, float] | None = None,
-                   pool_size: int = DEFAULT_POOL_SIZE) -> Path:
+                   pool_size: int = DEFAULT_POOL_SIZE, select: str = "all",
+                   results: Sequence[str | Path] = (), include_trivial: bool = False,
+                   strata: int = DEFAULT_STRATA) -> Path:
     """Write the VNN-COMP folder for the benchmark ``src`` (ours, with a manifest) to ``dest``,
     which must not exist; returns ``dest``.
+
+    ``select`` (``SELECTIONS``): ``all`` ships every model with the benchmark's properties (the
+    first ones that fit under ``max_total_timeout``); ``graded`` chooses models and instances by
+    the difficulty measured in the ``results`` databases to fill ``max_total_timeout`` (the
+    budget; ``bench.share.graded``), leaving trivial instances out unless ``include_trivial``.
+    With ``results`` (and no ``seed``), the pack also holds each shipped instance's reference
+    results and the views of ``bench.collate.authors`` under ``reference/``. ``strata``: how
+    many groups of predicted difficulty ``generate_properties.py`` draws equally from.
 
     ``verified`` maps a level to its verified accuracy in percent over the source benchmark's
     samples (``verified_accuracy_from_db`` gives it); it only feeds the README."""
     src, dest = Path(src), Path(dest)
+    if select not in SELECTIONS:
+        raise BenchError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}")
     if seed is not None and seed < 0:
         raise BenchError(f"seed must be >= 0, got {seed}")
+    if seed is not None and select == "graded":
+        raise BenchError("--select graded ships the measured instances, which --seed would "
+                         "replace by new ones; drop --seed (the packed generate_properties.py "
+                         "still draws a stratified selection from any seed)")
     if not (math.isfinite(max_total_timeout) and max_total_timeout > 0):
         raise BenchError(f"the cap on the sum of timeouts must be a positive number of seconds, "
                          f"got {max_total_timeout:g}")
-    if pool_size < 1:
-        raise BenchError(f"pool_size must be >= 1, got {pool_size}")
+    if pool_size < 1 or strata < 1:
+        raise BenchError(f"pool_size and strata must be >= 1, got {pool_size} and {strata}")
     manifest = load_manifest(src)
     if "packed" in manifest:
         raise BenchError(f"{src} is a packed benchmark already; pack the folder it was packed "
@@ -99,12 +190,14 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
     if dest.exists() or dest.is_symlink():
         raise BenchError(f"{dest} already exists; remove it or choose another --out")
 
-    models = sorted(manifest["models"], key=lambda m: int(m["level"]))
-    properties = manifest["properties"]
-    timeout = float(manifest["timeout"])  # within the rules: load_manifest checked it
-    count = _properties_within_cap(len(properties), len(models), timeout, max_total_timeout)
-    pool = _make_pool(src, manifest, models, pool_size)
-    pool.update(properties=np.int64(count), max_total_timeout=np.float64(max_total_timeout))
+    rows = _benchmark_rows(manifest, results) if results else []
+    assessed = assess_benchmark(manifest["benchmark"], manifest, rows, src) if rows else None
+    shipment = SELECTIONS[select](manifest, assessed, max_total_timeout, include_trivial)
+    models = shipment.models
+    pool, pool_note = _make_pool(src, manifest, models, pool_size)
+    pool.update(properties=np.int64(shipment.per_model),
+                max_total_timeout=np.float64(max_total_timeout),
+                strata=np.int64(min(strata, shipment.per_model)))
 
     # Build beside dest and rename at the end: an interrupted pack leaves no half folder
     # that looks finished.
@@ -120,10 +213,10 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
         with open(tmp / POOL, "wb") as handle:
             np.savez_compressed(handle, **pool)
         shutil.copyfile(_SCRIPT_SOURCE, tmp / SCRIPT)
-        packed = _packed_manifest(src, manifest, seed, max_total_timeout)
+        packed = _packed_manifest(src, manifest, seed, max_total_timeout, select, models)
         if seed is None:
-            shipped = [p["vnnlib"] for p in properties[:count]]
-            _write_own_properties(src, tmp, manifest, packed, set(shipped))
+            shipped = [p["vnnlib"] for p in shipment.properties]
+            _write_own_properties(src, tmp, manifest, packed, shipment)
         else:
             # The script selects the properties and rewrites the manifest's instances.
             packed["files"] = _files_table(tmp)
@@ -133,8 +226,14 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
         for rel in shipped:  # shipped gzipped, as VNN-COMP publishes them
             _gzip_file(tmp / rel, tmp / f"{rel}.gz")
             (tmp / rel).unlink()
-        _write_text(tmp / README, _readme(manifest, models, pool, seed, shipped, count,
-                                           max_total_timeout, verified))
+        reference = []
+        if assessed is not None and seed is None:
+            reference = _write_reference(tmp, assessed, rows, packed["instances"], results)
+        graded = [] if shipment.graded is None else \
+            readme_lines(shipment.graded, assessed, [Path(r).name for r in results])
+        _write_text(tmp / README, _readme(_ReadmeInputs(
+            manifest, shipment, packed["instances"], shipped, pool, pool_note, seed,
+            max_total_timeout, verified, graded, reference)))
         _seal(tmp, packed)
         errors = [p for p in check_benchmark(tmp) if p.severity == "error"]
         if errors:
@@ -144,6 +243,16 @@ def pack_benchmark(src: str | Path, dest: str | Path, seed: int | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _benchmark_rows(manifest: dict, results: Sequence[str | Path]) -> list[dict]:
+    """This benchmark's rows in the results databases; ``BenchError`` when there are none."""
+    name = manifest["benchmark"]
+    rows = [r for r in read_results_rows(results) if r["benchmark"] == name]
+    if not rows:
+        raise BenchError(f"{', '.join(map(str, results))} hold no result for benchmark {name}; "
+                         "run `bench run` on it first")
+    return rows
 
 
 def _source(src: Path, manifest: dict, rel: str) -> Path:
@@ -157,10 +266,13 @@ def _source(src: Path, manifest: dict, rel: str) -> Path:
 
 # --- the packed manifest ----------------------------------------------------------------------
 
-def _packed_manifest(src: Path, manifest: dict, seed: int | None, cap: float) -> dict:
-    """The source's manifest, to be narrowed to the shipped instances and sealed (``_seal``)."""
+def _packed_manifest(src: Path, manifest: dict, seed: int | None, cap: float, select: str,
+                     models: list[dict]) -> dict:
+    """The source's manifest with the shipped models, to be narrowed to the shipped instances
+    and sealed (``_seal``)."""
     packed = dict(manifest)
-    packed["packed"] = {"seed": seed, "max_total_timeout": cap,
+    packed["models"] = models
+    packed["packed"] = {"seed": seed, "max_total_timeout": cap, "select": select,
                         "source_benchmark_hash": read_listing(src).benchmark_hash,
                         "suite_version": bench.__version__}
     return packed
@@ -203,7 +315,10 @@ def _properties_within_cap(wanted: int, models: int, timeout: float, cap: float)
 
 # --- the pool ---------------------------------------------------------------------------------
 
-def _make_pool(src: Path, manifest: dict, models: list[dict], pool_size: int) -> dict:
+def _make_pool(src: Path, manifest: dict, models: list[dict], pool_size: int
+               ) -> tuple[dict, str]:
+    """The pool ``generate_properties.py`` draws from, and a sentence on its predicted
+    difficulty (how it was computed and checked, or why it is missing)."""
     from bench.data import load_dataset
 
     info = manifest["dataset"]
@@ -222,13 +337,71 @@ def _make_pool(src: Path, manifest: dict, models: list[dict], pool_size: int) ->
     version = int(manifest.get("vnnlib_version", 1))
     _require_same_samples(manifest, x, y, eps, num_classes, version)
     correct = np.stack([_classifies(_source(src, manifest, m["onnx"]), x, y) for m in models])
-    return {
+    pool = {
         "x": x, "y": y, "index": np.arange(size, dtype=np.int64), "correct": correct,
         "onnx": np.array([m["onnx"] for m in models]),
         "eps": np.float64(eps), "timeout": np.float64(manifest["timeout"]),
         "lower": np.float64(0.0), "upper": np.float64(1.0),
         "num_outputs": np.int64(num_classes), "vnnlib_version": np.int64(version),
     }
+    try:
+        unstable = np.stack([_unstable_relus(_source(src, manifest, m["onnx"]), x, eps)
+                             for m in models])
+    except HardnessUnavailable as err:
+        return pool, (f"Predicted difficulty is not available ({err}), so the draw is uniform "
+                      "among the candidates.")
+    pool["unstable_relus"] = unstable
+    # Per sample: the mean over the models of each instance's predicted hardness.
+    pool["hardness"] = np.array([
+        np.mean([hardness_score({"correct": bool(correct[m, s]),
+                                 "unstable_relus": int(unstable[m, s])})
+                 for m in range(len(models))]) for s in range(size)], dtype=np.float64)
+    return pool, _agreement(manifest, models, unstable)
+
+
+class HardnessUnavailable(Exception):
+    """The pool's unstable ReLUs cannot be computed for this model."""
+
+
+def _unstable_relus(onnx_path: Path, x: np.ndarray, eps: float) -> np.ndarray:
+    """Per pool sample: the ReLUs of the ONNX model with ``l < 0 < u`` under the sample's
+    property box (clipped to [0, 1]), from CROWN bounds (``bench.build.metrics``) on the model
+    converted to torch as the ``lirpa`` verifier converts it."""
+    import torch
+
+    from bench.build.metrics import unstable_relus_per_sample
+    from bench.verifiers.onnx_torch import (WorkerError, conv_mode, convert, load_onnx,
+                                            prepare_onnx)
+
+    try:
+        prepared, _ = prepare_onnx(load_onnx(onnx_path))
+        network = convert(prepared)
+        boxes = torch.from_numpy(x)
+        counts = unstable_relus_per_sample(network, (boxes - eps).clamp(0.0, 1.0),
+                                           (boxes + eps).clamp(0.0, 1.0),
+                                           bound_opts={"conv_mode": conv_mode(prepared)})
+    except (WorkerError, RuntimeError, AssertionError, ValueError, TypeError) as err:
+        text = str(err).strip().splitlines()
+        raise HardnessUnavailable(f"{onnx_path.name}: {type(err).__name__}: "
+                                  f"{text[0] if text else ''}") from None
+    return np.asarray(counts["unstable_relus"], dtype=np.int64)
+
+
+def _agreement(manifest: dict, models: list[dict], unstable: np.ndarray) -> str:
+    """How the pool's counts compare with the build's (the manifest's ``unstable_relus``)."""
+    row = {m["onnx"]: k for k, m in enumerate(models)}
+    pairs = [(int(i["unstable_relus"]), int(unstable[row[i["onnx"]], int(i["sample_index"])]))
+             for i in manifest["instances"]
+             if i["onnx"] in row and isinstance(i.get("unstable_relus"), int)]
+    text = ("Predicted difficulty: per candidate, the unstable ReLUs under its property's box "
+            "(CROWN bounds, auto_LiRPA, on the shipped ONNX models), averaged over the models.")
+    if not pairs:
+        return text + " (The build recorded none to compare with.)"
+    same = sum(a == b for a, b in pairs)
+    worst = max(abs(a - b) for a, b in pairs)
+    return (text + f" On the {len(pairs)} instances the build measured, they equal the "
+            f"manifest's `unstable_relus` in {same}" + ("." if same == len(pairs) else
+                                                        f" (largest difference {worst})."))
 
 
 def _require_same_samples(manifest: dict, x: np.ndarray, y: np.ndarray, eps: float,
@@ -262,14 +435,52 @@ def _classifies(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # --- properties -------------------------------------------------------------------------------
 
 def _write_own_properties(src: Path, tmp: Path, manifest: dict, packed: dict,
-                          shipped: set[str]) -> None:
-    """The build's own property files (those kept under the cap) and their instances."""
-    for rel in sorted(shipped):
-        shutil.copyfile(_source(src, manifest, rel), tmp / rel)
+                          shipment: Shipment) -> None:
+    """The build's own property files (those the selection keeps) and their instances."""
+    for prop in shipment.properties:
+        shutil.copyfile(_source(src, manifest, prop["vnnlib"]), tmp / prop["vnnlib"])
     # Already ordered by level, then sample.
-    packed["instances"] = [i for i in manifest["instances"] if i["vnnlib"] in shipped]
-    packed["properties"] = [p for p in manifest["properties"] if p["vnnlib"] in shipped]
+    packed["instances"] = shipment.instances
+    packed["properties"] = shipment.properties
     _write_text(tmp / INSTANCES, instances_csv_text(packed["instances"]))
+
+
+REFERENCE_DIR = "reference"
+
+
+def _write_reference(tmp: Path, assessed: BenchmarkDifficulty, rows: list[dict],
+                     instances: list[dict], results: Sequence[str | Path]) -> list[str]:
+    """The shipped instances' reference results and the views of ``bench.collate.authors``
+    under ``reference/``; returns the README's lines about them."""
+    shipped = {(i["onnx"], i["vnnlib"]) for i in instances}
+    subset = replace(assessed, instances=[i for i in assessed.instances
+                                          if (i.onnx, i.vnnlib) in shipped])
+    subset_rows = [r for r in rows if instance_key(r["onnx"], r["vnnlib"]) in shipped]
+    views = write_views(subset, subset_rows, tmp / REFERENCE_DIR, "reference", link_base=tmp)
+    verifiers = subset.verifiers
+    headers = ["instance", "level", "sample", "difficulty", "reference", "time (s)",
+               *verifiers]
+    cells = [[f"`{i.onnx}` + `{i.vnnlib}`", str(i.level), str(i.sample_index), i.difficulty,
+              i.outcome, "" if i.time is None else f"{i.time:.2f}",
+              *(_answer_text(i.answers.get(v)) for v in verifiers)] for i in subset.instances]
+    lines = ["## Reference results", "",
+             f"Measured by {', '.join(verifiers) or 'no verifier'} (results databases: "
+             f"{', '.join(Path(r).name for r in results)}). Per instance: its difficulty class, "
+             "the reference outcome (never resolved where verifiers disagree: `disputed`), the "
+             "reference time (the fastest agreeing answer) and each verifier's status and time. "
+             f"The same as CSV: `{views.files['difficulty_csv'].relative_to(tmp).as_posix()}`.",
+             ""]
+    if assessed.foreign:
+        lines += [f"{assessed.foreign} result(s) of another version of this benchmark (another "
+                  "content hash) were left out.", ""]
+    lines += [*markdown_table(headers, cells), "", render_markdown(views.blocks)]
+    return lines
+
+
+def _answer_text(answer) -> str:
+    if answer is None:
+        return "—"
+    return answer.status if answer.time is None else f"{answer.status} ({answer.time:.2f} s)"
 
 
 def _run_script(folder: Path, seed: int) -> list[str]:
@@ -311,15 +522,36 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} %"
 
 
-def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
-            shipped: list[str], count: int, cap: float, verified: Mapping[Any, float] | None
-            ) -> str:
+@dataclass
+class _ReadmeInputs:
+    manifest: dict
+    shipment: Shipment
+    instances: list[dict]  # as shipped (after the seed, if any)
+    shipped: list[str]  # property files
+    pool: dict
+    pool_note: str
+    seed: int | None
+    cap: float
+    verified: Mapping[Any, float] | None
+    graded_lines: list[str]
+    reference_lines: list[str]
+
+
+def _readme(r: _ReadmeInputs) -> str:
+    manifest, models, pool = r.manifest, r.shipment.models, r.pool
     info = manifest["dataset"]
     timeout = float(manifest["timeout"])
     wanted = len(manifest["properties"])
-    total = len(shipped) * len(models) * timeout
+    count = r.shipment.per_model
+    total = sum(float(i["timeout"]) for i in r.instances)
     name = manifest.get("benchmark", "benchmark")
-    verified_by_level = {int(k): float(v) for k, v in (verified or {}).items()}
+    verified_by_level = {int(k): float(v) for k, v in (r.verified or {}).items()}
+    if r.shipment.graded is None:
+        size = (f"{len(r.shipped)} properties x {len(models)} models = {len(r.instances)} "
+                "instances")
+    else:
+        size = (f"{len(r.instances)} instances of {len(r.shipped)} properties on "
+                f"{len(models)} models, chosen by measured difficulty (below)")
     lines = [
         f"# {name}",
         "",
@@ -336,24 +568,26 @@ def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
         "some other logit is >= the true label's. The models take raw pixels: normalization is "
         "their first layer.",
         f"- Test samples: {info.get('test_order', 'in the dataset order')}",
-        f"- {len(shipped)} properties x {len(models)} models = {len(shipped) * len(models)} "
-        f"instances, {format_timeout(timeout)} s each: {total:g} s in all "
-        f"(VNN-COMP's cap: {cap:g} s).",
+        f"- {size}, {format_timeout(timeout)} s each: {total:g} s in all "
+        f"(VNN-COMP's cap: {r.cap:g} s).",
     ]
-    if count < wanted:
+    if r.shipment.reduced:
         lines.append(f"- **Reduced**: the benchmark has {wanted} properties per model; "
                      f"{wanted} x {len(models)} x {timeout:g} s would exceed the cap, so {count} "
                      "properties per model are kept (the first ones).")
-    if seed is None:
+    if r.seed is None and r.shipment.graded is not None:
+        lines.append("- Shipped: the build's own property files of the chosen instances, byte "
+                     "for byte.")
+    elif r.seed is None:
         lines.append("- Shipped: the build's own properties (the first test samples, whether or "
                      "not a model classifies them correctly), byte for byte.")
     else:
-        lines.append(f"- Shipped: the properties of `python {SCRIPT} {seed}`.")
-    if len(shipped) < count:
-        lines.append(f"- Only {len(shipped)} samples of the pool are classified correctly by "
-                     f"every model, fewer than the {count} wanted.")
+        lines.append(f"- Shipped: the properties of `python {SCRIPT} {r.seed}`.")
+    if r.seed is not None and len(r.shipped) < count:
+        lines.append(f"- Only {len(r.shipped)} samples of the pool are candidates (see below), "
+                     f"fewer than the {count} wanted.")
+    lines += ["", *r.graded_lines]
     lines += [
-        "",
         "## Models",
         "",
         "Sparsity is the fraction of prunable weights removed; parameters count every "
@@ -361,7 +595,7 @@ def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
         "included). Clean accuracy is on the whole test split. Verified accuracy, where known, "
         "is the share of the source benchmark's "
         f"{wanted} samples that a verifier proved robust (unsat on a correctly classified sample)"
-        + ("; the samples shipped here were drawn anew from the seed." if seed is not None
+        + ("; the samples shipped here were drawn anew from the seed." if r.seed is not None
            else "."),
         "",
         "| model | level | remaining weights | sparsity | parameters | nonzero parameters "
@@ -377,18 +611,8 @@ def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
             f"| {int(model['parameters']):,} | {int(model['nonzero_parameters']):,} "
             f"| {_percent(None if clean is None else 100 * float(clean))} "
             f"| {_percent(verified_by_level.get(level))} |")
-    correct = pool["correct"]
+    lines += ["", *_regenerating(r, count), *r.reference_lines]
     lines += [
-        "",
-        f"## Regenerating the properties: `python {SCRIPT} SEED`",
-        "",
-        f"Needs Python 3 and numpy only. It reads `{POOL}`: the first {correct.shape[1]} test "
-        f"samples (images, labels, and which of them each model classifies correctly; "
-        f"{int(np.all(correct, axis=0).sum())} are classified correctly by every model). From "
-        f"`numpy.random.default_rng(SEED)` it draws {count} of those, the same for every model, "
-        "writes `vnnlib/sample_<test index>.vnnlib` (plain text; earlier `sample_*` files are "
-        "removed) and `instances.csv`. The same seed always gives the same files.",
-        "",
         "## Files",
         "",
         "- `instances.csv`: `onnx,vnnlib,timeout` per instance, paths relative to this folder, "
@@ -398,18 +622,50 @@ def _readme(manifest: dict, models: list[dict], pool: dict, seed: int | None,
         "- `vnnlib/*.vnnlib.gz`: VNN-LIB "
         f"{int(pool['vnnlib_version'])}.0 properties, inputs numbered in row-major order.",
         f"- `{SCRIPT}`, `{POOL}`: see above.",
-        "",
     ]
-    return "\n".join(lines)
+    if r.reference_lines:
+        lines.append(f"- `{REFERENCE_DIR}/`: reference results (CSV, Markdown), difficulty "
+                     "histogram, cactus plot, time vs unstable ReLUs.")
+    return "\n".join(lines) + "\n"
+
+
+def _regenerating(r: _ReadmeInputs, count: int) -> list[str]:
+    correct = r.pool["correct"]
+    everyone = int(np.all(correct, axis=0).sum())
+    text = (f"Needs Python 3 and numpy only. It reads `{POOL}`: the first {correct.shape[1]} "
+            f"test samples (images, labels, and which of them each model classifies correctly; "
+            f"{everyone} are classified correctly by every model). ")
+    if "hardness" in r.pool:
+        strata = int(r.pool["strata"])
+        candidates = int((np.all(correct, axis=0) & np.isfinite(r.pool["hardness"])).sum())
+        text += (f"{r.pool_note} The {candidates} candidates (classified correctly by every "
+                 f"model) ranked by it are cut into {strata} groups of equal size (up to one), "
+                 f"and `numpy.random.default_rng(SEED)` draws {count} of them, the same number "
+                 "from each group (the extra ones from the hardest groups), the same samples "
+                 "for every model: every seed gives the same spread of predicted difficulty, "
+                 "so no seed makes the benchmark easy. ")
+    else:
+        text += (f"{r.pool_note} From `numpy.random.default_rng(SEED)` it draws {count} of the "
+                 "samples every model classifies correctly, the same for every model. ")
+    text += ("It writes `vnnlib/sample_<test index>.vnnlib` (plain text; earlier `sample_*` "
+             "files are removed), `instances.csv` (every model with every property) and the "
+             "manifest's instances and hashes. The same seed always gives the same files.")
+    if r.shipment.graded is not None:
+        text += (" The instances it writes are not the graded selection above, and have no "
+                 "reference results: those are for the shipped instances only.")
+    return [f"## Regenerating the properties: `python {SCRIPT} SEED`", "", text, ""]
 
 
 # --- verified accuracy ------------------------------------------------------------------------
 
-def verified_accuracy_from_db(results_path: str | Path, benchmark_name: str,
+def verified_accuracy_from_db(results: str | Path | Sequence[str | Path], benchmark_name: str,
                               verifier: str) -> dict[int, float]:
     """Verified accuracy in percent per level, as ``bench tables`` computes it (unsat on a
     correctly classified sample), for levels whose every instance has a result; levels with
-    missing results are left out (unknown, not zero)."""
-    from bench.collate.tables import verified_accuracy
+    missing results are left out (unknown, not zero). ``results``: one database or several
+    (combined as ``bench merge`` would)."""
+    from bench.collate.tables import verified_accuracy_of
 
-    return verified_accuracy(results_path, benchmark_name, verifier)
+    paths = [results] if isinstance(results, (str, Path)) else list(results)
+    return verified_accuracy_of(read_results_rows(paths), benchmark_name, verifier,
+                                ", ".join(map(str, paths)))

@@ -21,52 +21,55 @@ describes (shared with the ``milp`` worker), and checked against onnxruntime bef
 0.3's patches mode mistakes every Add for a convolution).
 
 Soundness guards, because a wrong ``unsat`` is the worst answer: the bounds cover the box rounded
-outwards to float32, a proof needs ``PROOF_MARGIN``, and lower bounds that exceed the network's
-own value at sampled points of the box are an error, never a proof.
+outwards to float32, a proof needs ``PROOF_MARGIN`` plus ``PROOF_MARGIN_REL`` of the bound's size,
+and lower bounds that exceed the network's own value at sampled points of the box (centre,
+corners, random points) are an error, never a proof.
+
+``run`` is the worker's answer to one instance; the persistent worker
+(``bench.verifiers._engine_main``) calls it with the model already loaded, and keeps the model's
+``Bounder`` (``bounder_for``) with it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.verifiers.attack import attack
-from bench.verifiers.onnx_torch import (LoadedModel, WorkerError, first_line, load_property,
-                                        write_outputs)
+from bench.verifiers.onnx_torch import LoadedModel, WorkerError, first_line, load_property
+from bench.verifiers.worker_process import Outcome, answer
 
 # A disjunct counts as proved only if a spec row's lower bound beats its right-hand side by this
 # much. Bounds are computed in float32; 1e-4 is also VNN-COMP's tolerance for counterexamples, so
 # a point that VNN-COMP would accept as a counterexample (up to tolerance) is never "proved" away.
 PROOF_MARGIN = 1e-4
+# ... plus this much of the bound's own size: float32 rounding of large outputs is larger.
+PROOF_MARGIN_REL = 1e-6
 METHODS = {"CROWN": "backward", "alpha-CROWN": "CROWN-Optimized", "CROWN-IBP": "CROWN-IBP",
            "IBP": "IBP"}
-EXIT_ERROR = 2
-
-
-# --------------------------------------------------------------------------- ONNX preparation
-
-
-# --------------------------------------------------------------------------- torch network
+ALPHA_ITERATIONS = 20  # alpha-CROWN's optimization steps unless told otherwise (auto_LiRPA's)
 
 
 # --------------------------------------------------------------------------- bounds
 
 
 class Bounder:
-    """auto_LiRPA's BoundedModule over the network, built once for all disjuncts."""
+    """auto_LiRPA's BoundedModule over the network, built once per model (``bounder_for``) and
+    used for every box and method."""
 
-    def __init__(self, network, batch_shape: list[int], method: str, mode: str):
+    def __init__(self, network, batch_shape: list[int], mode: str, batched: bool = False):
         import torch
 
         from bench.lirpa_compat import auto_LiRPA
 
         self.auto_LiRPA = auto_LiRPA
-        self.network, self.batch_shape, self.method = network, batch_shape, method
+        self.network, self.batch_shape = network, batch_shape
+        self.batched = batched  # whether the network computes a batch correctly
         try:
             self.module = auto_LiRPA.BoundedModule(network, torch.zeros(batch_shape),
                                                    device="cpu", verbose=False,
@@ -75,56 +78,106 @@ class Bounder:
             raise WorkerError(f"auto_LiRPA {auto_LiRPA.__version__} cannot trace the converted "
                               f"model: {type(err).__name__}: {first_line(err)}") from None
 
-    def lower_bounds(self, outer: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """Lower bounds of ``rows @ y`` over the (outer) box."""
+    def samples(self, outer: tuple[np.ndarray, np.ndarray]) -> "Samples":
+        """The network's outputs at points of the box (centre, both corners, random points),
+        against which every bound over that box is checked (``lower_bounds``)."""
+        import torch
+
+        lo = torch.from_numpy(outer[0]).reshape(self.batch_shape)
+        hi = torch.from_numpy(outer[1]).reshape(self.batch_shape)
+        generator = torch.Generator().manual_seed(0)
+        points = torch.cat([(lo + hi) / 2, lo, hi,
+                            lo + (hi - lo) * torch.rand((SOUNDNESS_SAMPLES,
+                                                         *self.batch_shape[1:]),
+                                                        generator=generator)])
+        with torch.no_grad():  # one point at a time where the model has a fixed batch of 1
+            outputs = (self.network(points) if self.batched else
+                       torch.cat([self.network(point[None]) for point in points]))
+        return Samples(lo, hi, outputs)
+
+    def lower_bounds(self, samples: "Samples", rows: np.ndarray, method: str,
+                     stop_above: np.ndarray | None = None, iterations: int | None = None
+                     ) -> np.ndarray:
+        """Lower bounds of ``rows @ y`` over the (outer) box of ``samples`` with ``method``.
+        alpha-CROWN optimizes for ``iterations`` steps (auto_LiRPA's default without), and
+        stops early once every bound exceeds ``stop_above``."""
         import torch
 
         lirpa = self.auto_LiRPA
-        lo = torch.from_numpy(outer[0]).reshape(self.batch_shape)
-        hi = torch.from_numpy(outer[1]).reshape(self.batch_shape)
-        centre = (lo + hi) / 2
+        lo, hi = samples.lo, samples.hi
         C = torch.from_numpy(rows.astype(np.float32))[None]
         ptb = lirpa.PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
+        if method == "alpha-CROWN":
+            threshold = None if stop_above is None else torch.from_numpy(
+                stop_above.astype(np.float32))[None]
+            # Set on every call: the module keeps its options from one call to the next.
+            self.module.set_bound_opts({"optimize_bound_args": {
+                "iteration": ALPHA_ITERATIONS if iterations is None else int(iterations),
+                "stop_criterion_func": (lambda lower: False) if threshold is None else
+                (lambda lower: bool((lower > threshold).all()))}})
         try:
             lower, _ = self.module.compute_bounds(
-                x=(lirpa.BoundedTensor(centre, ptb),), C=C, method=METHODS[self.method],
-                bound_upper=self.method == "IBP")  # auto_LiRPA's IBP computes both anyway
+                x=(lirpa.BoundedTensor((lo + hi) / 2, ptb),), C=C, method=METHODS[method],
+                bound_upper=method == "IBP")  # auto_LiRPA's IBP computes both anyway
         except Exception as err:
             raise WorkerError(f"auto_LiRPA {lirpa.__version__} cannot bound the converted "
-                              f"model with {self.method}: {type(err).__name__}: "
+                              f"model with {method}: {type(err).__name__}: "
                               f"{first_line(err)}") from None
         lower = lower.detach().double().numpy().reshape(-1)
-        self._check_sound(lower, lo, hi, C)
+        samples.check(lower, C, method)
         return lower
 
-    def _check_sound(self, lower: np.ndarray, lo, hi, C) -> None:
-        """A lower bound above the network's value at a point of the box means the bounds are
-        about some other function: an error, never a proof."""
+
+SOUNDNESS_SAMPLES = 8  # random points of a box (besides its centre and corners) for the check
+
+
+class Samples:
+    """Outputs of the network at points of one box: a lower bound above any of them means the
+    bounds are about some other function."""
+
+    def __init__(self, lo, hi, outputs):
+        self.lo, self.hi, self.outputs = lo, hi, outputs
+
+    def check(self, lower: np.ndarray, C, method: str) -> None:
+        """An error, never a proof, when ``lower`` (of ``C @ y``) exceeds a sampled value."""
         import torch
 
-        generator = torch.Generator().manual_seed(0)
-        points = torch.cat([(lo + hi) / 2, lo, hi,
-                            lo + (hi - lo) * torch.rand((8, *self.batch_shape[1:]),
-                                                        generator=generator)])
-        with torch.no_grad():  # one point at a time: some models have a fixed batch of 1
-            outputs = torch.cat([self.network(point[None]) for point in points])
-        values = torch.einsum("ro,bo->br", C[0], outputs).double().numpy()
+        values = torch.einsum("ro,bo->br", C[0], self.outputs).double().numpy()
         slack = 1e-4 + 1e-4 * np.abs(values)
         if np.any(lower[None, :] > values + slack) or np.any(np.isnan(lower)):
             raise WorkerError(f"auto_LiRPA's bounds exclude the network's own value at a point "
-                              f"of the box (method {self.method}); refusing to decide")
+                              f"of the box (method {method}); refusing to decide")
+
+
+_BOUNDERS: "weakref.WeakKeyDictionary[LoadedModel, Bounder]" = weakref.WeakKeyDictionary()
+
+
+def bounder_for(model: LoadedModel, batched: bool) -> Bounder:
+    """The model's Bounder, built on first use and kept as long as the model is (a persistent
+    worker keeps its models: tracing the network takes longer than bounding it)."""
+    bounder = _BOUNDERS.get(model)
+    if bounder is None:
+        bounder = _BOUNDERS[model] = Bounder(model.network, model.prepared_shape,
+                                             model.conv_mode, batched)
+    return bounder
 
 
 def proved(lower: np.ndarray, specs) -> bool:
-    """Every spec has a row whose lower bound exceeds its right-hand side: no spec's
-    conjunction can hold anywhere in the box."""
+    """Every spec has a row whose lower bound exceeds its right-hand side by the margin
+    (``beats``): no spec's conjunction can hold anywhere in the box."""
     start = 0
     for mat, rhs in specs:
         stop = start + mat.shape[0]
-        if not np.any(lower[start:stop] > rhs + PROOF_MARGIN):
+        if not np.any(beats(lower[start:stop], rhs)):
             return False
         start = stop
     return True
+
+
+def beats(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Which lower bounds exceed their right-hand side by ``PROOF_MARGIN`` plus
+    ``PROOF_MARGIN_REL`` of their own size (float32 rounding grows with the outputs)."""
+    return lower - rhs > PROOF_MARGIN + PROOF_MARGIN_REL * np.abs(lower)
 
 
 # --------------------------------------------------------------------------- main
@@ -159,20 +212,31 @@ def verify(args: argparse.Namespace, model: LoadedModel | None = None
     times["attack_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    bounder = Bounder(network, prepared_shape, args.method, model.conv_mode)
+    bounder = bounder_for(model, batched)
     details["auto_LiRPA"] = bounder.auto_LiRPA.__version__
     proved_count = 0
     for (box, specs), (_, outer) in zip(disjuncts, boxes):
         rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, n_out)
         if rows.shape[0] == 0 or any(mat.shape[0] == 0 for mat, _ in specs):
             break  # a spec without output constraints cannot be excluded by bounds
-        if not proved(bounder.lower_bounds(outer, rows), specs):
+        lower = bounder.lower_bounds(bounder.samples(outer), rows, args.method)
+        if not proved(lower, specs):
             break  # one open disjunct decides "unknown"; the rest need not be bounded
         proved_count += 1
     times["bound_s"] = time.perf_counter() - clock
     details["proved_disjuncts"] = proved_count
     status = "unsat" if proved_count == len(disjuncts) else "unknown"
-    return status, None, {**details, **times}
+    return status, None, {**details, **times, "method": args.method}
+
+
+def run(args: argparse.Namespace, deadline: float | None = None,
+        model: LoadedModel | None = None) -> Outcome:
+    """One instance, as the worker answers it (``worker_process.answer``). ``deadline`` is
+    not used: the attack and the bounds take bounded time, and the harness's hard timeout
+    stops the rest."""
+    if args.device != "cpu":
+        raise WorkerError(f"device {args.device!r} is not supported; only cpu")
+    return verify(args, model)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -192,22 +256,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
-    if args.device != "cpu":
-        print(f"lirpa: device {args.device!r} is not supported; only cpu", file=sys.stderr)
-        return EXIT_ERROR
-    try:
-        status, cex, stats = verify(args)
-    except WorkerError as err:
-        print(f"lirpa: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as err:  # a bug or an unforeseen failure: keep the traceback, then say why
-        traceback.print_exc()
-        print(f"lirpa: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
-        return EXIT_ERROR
-    stats["time_s"] = time.perf_counter() - start
-    stats["method"] = args.method
-    write_outputs(args.result, status, cex, stats)
-    return 0
+    return answer("lirpa", lambda: run(args), args.result, start)
 
 
 if __name__ == "__main__":

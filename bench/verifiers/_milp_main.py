@@ -1,7 +1,12 @@
 """Worker process of the ``milp`` verifier: an exact big-M MILP (Tjeng et al. 2019) solved by HiGHS.
 
 Run as ``python -m bench.verifiers._milp_main --onnx M --vnnlib P --result R --timeout T
-[--bounds CROWN|IBP|interval]``.
+[--bounds CROWN|alpha-CROWN|IBP|interval] [--tighten lp|none] [--attack-restarts N] ...``
+(``parse_args``; the persistent worker calls ``run`` with the same arguments).
+
+First a PGD attack (``bench.verifiers.attack``, the cascade's own): a point that onnxruntime
+confirms is ``sat`` at once. Otherwise the attack's nearest miss of each spec is kept as a hint
+for HiGHS (a MIP start: it may speed up finding a counterexample, it never decides anything).
 
 The ONNX model is loaded and converted to torch exactly as the ``lirpa`` worker does it
 (``bench.verifiers.onnx_torch``: the same rewrites, and the converted network is checked
@@ -13,8 +18,11 @@ Linear, Gemm, MatMul, BatchNorm, Flatten, Reshape, Add/Sub/Mul/Div by constants,
 the rest need no hand-written rule each. A ReLU with pre-activation bounds ``l < 0 < u`` gets the
 big-M encoding ``y >= 0, y >= z, y <= z - l (1 - a), y <= u a, a in {0, 1}``; stable ones are
 fixed (``y = z`` or ``y = 0``). The bounds are interval bounds computed here in float64,
-intersected with auto_LiRPA's CROWN (or IBP) bounds on every pre-activation, padded against
-float32 rounding; bounds that exclude the network's value at a sampled point are never used.
+intersected with auto_LiRPA's CROWN (or alpha-CROWN, IBP) bounds on every pre-activation, padded
+against float32 rounding, then (``--tighten lp``) tightened layer by layer by LPs over the
+relaxation of the layers before, as MIPVerify does; an LP's bound is taken from weak duality, so
+it is valid even when the LP stops early. Bounds that exclude the network's value at a sampled
+point are never used (the looser ones before them are).
 
 For each ``(box, specs)`` disjunct and each spec ``mat @ y <= rhs`` one MILP minimizes
 ``t >= max_i (mat_i y - rhs_i)`` subject to ``t <= slack``: infeasible means no input of the box
@@ -41,7 +49,6 @@ import math
 import operator
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +57,9 @@ import numpy as np
 
 from bench.verifiers.attack import NearestPoints, attack
 from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
-                                        load_property, spec_holds, write_outputs)
+                                        load_property, spec_holds)
+from bench.verifiers.worker_process import EXIT_ERROR, Outcome, answer  # noqa: F401
 
-EXIT_ERROR = 2
 BOUND_METHODS = {"CROWN": "backward", "alpha-CROWN": "CROWN-Optimized", "IBP": "IBP",
                  "interval": None}
 
@@ -77,8 +84,10 @@ LINEARITY_RTOL = 1e-7
 SAMPLE_SLACK = 1e-6
 # The worker's settings (the milp verifier declares them as its parameters).
 TIGHTENING = ("lp", "none")
+# The attack's defaults are the cascade's attack stage's (``stages.CascadeSettings``, seed 0 too):
+# the same PGD, so that an instance that stage falsifies is falsified here before any MILP runs.
 DEFAULTS = {"bounds": "CROWN", "alpha_iterations": 20, "tighten": "lp", "tighten_share": 0.5,
-            "attack_restarts": 10, "attack_steps": 100, "mip_start": True}
+            "attack_restarts": 10, "attack_steps": 20, "mip_start": True}
 SAMPLES = 16  # random points of the box (besides the centre) for the sanity checks
 BASIS_CHUNK_VALUES = 1 << 22  # float64 values per batched basis evaluation (32 MB)
 # Leave this much of the time limit for writing the result before the harness's hard timeout.
@@ -756,14 +765,17 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 def lirpa_bounds(network, batch_shape: list[int], outer: tuple[np.ndarray, np.ndarray],
                  method: str, mode: str, spec_rows: np.ndarray | None = None,
-                 alpha_iterations: int = 20) -> tuple[list | None, str]:
+                 alpha_iterations: int = 20, deadline: float = math.inf
+                 ) -> tuple[list | None, str]:
     """auto_LiRPA's bounds on every ReLU input over the (float32, outward-rounded) box, with
     each one's value at the box centre; ``(None, why)`` when auto_LiRPA cannot do it (the
     encoding then uses interval bounds alone, which is slower but just as exact).
 
     alpha-CROWN optimizes the ReLU slopes (``alpha_iterations`` steps) for the lower bounds of
     ``spec_rows @ y``, the property's outputs, re-computing the intermediate bounds with them and
-    keeping the best seen for each neuron: those intermediate bounds are what is used here."""
+    keeping the best seen for each neuron: those intermediate bounds are what is used here.
+    It stops early at ``deadline`` (``time.monotonic()``): the bounds of any slopes in [0, 1]
+    are sound, so stopping only makes them looser."""
     import torch
 
     try:
@@ -773,9 +785,13 @@ def lirpa_bounds(network, batch_shape: list[int], outer: tuple[np.ndarray, np.nd
         optimized = method == "alpha-CROWN"
         if optimized:
             # Optimizing the intermediate bounds needs dense (not sparse) slopes in 0.3.
+            # A criterion that is a tensor of all True ends the optimization (a bool does not).
             options.update({"sparse_spec_alpha": False, "sparse_features_alpha": False,
-                            "optimize_bound_args": {"iteration": alpha_iterations,
-                                                    "fix_intermediate_layer_bounds": False}})
+                            "optimize_bound_args": {
+                                "iteration": alpha_iterations,
+                                "fix_intermediate_layer_bounds": False,
+                                "stop_criterion_func": lambda lower: torch.full(
+                                    lower.shape, time.monotonic() >= deadline)}})
         module = lirpa.BoundedModule(network, torch.zeros(batch_shape), device="cpu",
                                      verbose=False, bound_opts=options)
         lo = torch.from_numpy(outer[0]).reshape(batch_shape)
@@ -1058,12 +1074,13 @@ def attack_phase(args: argparse.Namespace, model: LoadedModel, disjuncts, boxes,
                 continue  # no float32 input lies in this box: nothing to attack
             found = attack(model.network, model.reference, inner, specs, model.n_out,
                            model.prepared_shape, args.attack_steps, args.attack_restarts,
-                           batched, generator, near)
+                           batched, generator, near, stop_at=deadline)
             if found is not None:
                 record["found"] = True
                 return found, nearest
     finally:
         record["s"] = round(time.monotonic() - clock, 4)
+    _check_time(deadline)  # the attack gives up at the deadline without saying so
     return None, nearest
 
 
@@ -1079,7 +1096,8 @@ def encode_disjunct(args: argparse.Namespace, model: LoadedModel, index: int, bo
     if args.bounds != "interval":
         spec_rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, model.n_out)
         layers, note = lirpa_bounds(model.network, model.prepared_shape, outer, args.bounds,
-                                    model.conv_mode, spec_rows, args.alpha_iterations)
+                                    model.conv_mode, spec_rows, args.alpha_iterations,
+                                    deadline)
     bounds["s"] = round(bounds["s"] + time.monotonic() - clock, 4)
     _check_time(deadline)
     n_in = model.n_in
@@ -1245,12 +1263,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mip-start", action=argparse.BooleanOptionalAction,
                         default=DEFAULTS["mip_start"],
                         help="start HiGHS from the attack's nearest miss of each spec")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, deadline: float, model: LoadedModel | None = None) -> Outcome:
+    """One instance, as the worker answers it (``worker_process.answer``): ``verify`` with its
+    time limit at ``deadline`` (``time.monotonic()``); running out of time is ``timeout``."""
+    # Checked here, not by the parser: the persistent worker parses too, and must not exit.
+    if not args.timeout > 0:
+        raise WorkerError(f"--timeout must be positive, got {args.timeout}")
     if args.alpha_iterations < 1 or args.attack_restarts < 0 or args.attack_steps < 0 or \
             not 0 <= args.tighten_share <= 1:
-        parser.error("--alpha-iterations must be >= 1, --attack-restarts and --attack-steps "
-                     ">= 0, --tighten-share in [0, 1]")
-    return args
+        raise WorkerError("--alpha-iterations must be >= 1, --attack-restarts and "
+                          "--attack-steps >= 0, --tighten-share in [0, 1]")
+    stats: dict[str, Any] = {"bounds": args.bounds}
+    try:
+        status, cex = verify(args, deadline, stats, model)
+    except OutOfTime:
+        status, cex = "timeout", None
+        stats["reason"] = f"time limit of {args.timeout:g} s"
+    return status, cex, stats
 
 
 def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
@@ -1258,27 +1290,8 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     default when this process started (callers in the same process pass ``time.time()``)."""
     start = time.perf_counter()
     args = parse_args(argv)
-    if not args.timeout > 0:
-        print(f"milp: --timeout must be positive, got {args.timeout}", file=sys.stderr)
-        return EXIT_ERROR
-    deadline = deadline_for(args.timeout, started_at)
-    stats: dict[str, Any] = {"bounds": args.bounds}
-    try:
-        status, cex = verify(args, deadline, stats)
-    except OutOfTime:
-        status, cex = "timeout", None
-        stats["reason"] = f"time limit of {args.timeout:g} s (counted from the worker's start)"
-    except WorkerError as err:
-        print(f"milp: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as err:  # a bug or an unforeseen failure: keep the traceback, then say why
-        traceback.print_exc()
-        print(f"milp: unexpected {type(err).__name__}: {first_line(err)}", file=sys.stderr)
-        return EXIT_ERROR
-    stats["time_s"] = time.perf_counter() - start
-    write_outputs(args.result, status, cex, stats)
-    return 0
-
+    deadline = deadline_for(args.timeout, started_at) if args.timeout > 0 else 0.0
+    return answer("milp", lambda: run(args, deadline), args.result, start)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Imports numpy only at module level; torch is imported by the functions that use 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,13 +59,14 @@ def padded_specs(specs, n_out: int):
 
 def attack(network, reference: Reference, inner: tuple[np.ndarray, np.ndarray], specs,
            n_out: int, batch_shape: list[int], steps: int, restarts: int, batched: bool,
-           generator, nearest: NearestPoints | None = None
+           generator, nearest: NearestPoints | None = None, stop_at: float | None = None
            ) -> tuple[np.ndarray, np.ndarray] | None:
     """PGD with ``restarts`` starting points (the first is the box centre), minimizing
     ``min_k max_i (mat_k y - rhs_k)_i``, which is <= 0 exactly when ``y`` reaches spec k.
     The restarts run as one batch when the network allows it, else one after another.
     Returns ``(x, y)`` confirmed by onnxruntime, or None; ``nearest`` (if given) is updated
-    with every point tried."""
+    with every point tried. With ``stop_at`` (``time.monotonic()``) it gives up (None) once
+    that time has passed: the caller's time limit covers the attack too."""
     import torch
 
     lo = torch.from_numpy(inner[0]).reshape(batch_shape)
@@ -82,18 +84,21 @@ def attack(network, reference: Reference, inner: tuple[np.ndarray, np.ndarray], 
     chunk = count if batched else 1
     for first in range(0, count, chunk):
         found = _pgd(network, excess, reference, starts[first:first + chunk], lo, hi, inner,
-                     specs, steps, tried, nearest)
+                     specs, steps, tried, nearest, stop_at)
         if found is not None:
             return found
     return None
 
 
 def _pgd(network, excess, reference: Reference, x, lo, hi, inner, specs, steps: int,
-         tried: set[bytes], nearest: NearestPoints | None) -> tuple[np.ndarray, np.ndarray] | None:
+         tried: set[bytes], nearest: NearestPoints | None,
+         stop_at: float | None) -> tuple[np.ndarray, np.ndarray] | None:
     import torch
 
     width = hi - lo
     for step in range(steps + 1):
+        if stop_at is not None and time.monotonic() >= stop_at:
+            return None
         x = x.detach().requires_grad_(True)
         per_spec = excess(network(x))
         value = per_spec.min(dim=1).values

@@ -80,6 +80,9 @@ class RunRecord:
     # pays it, as every instance does in one-process-per-instance mode. None where unknown.
     startup_time: float | None = None
     benchmark_hash: str = ""  # the benchmark's content hash (Instance.benchmark_hash); "": unknown
+    # Seconds spent in each stage of the cascade that ran, as JSON: {"clean": 0.001, "attack":
+    # 0.05, "bounds:IBP": 0.01, ..., "verifier": 2.5}; None without the cascade.
+    stage_times: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +160,7 @@ class _Tree:
                 pids.add(proc.pid)
             except psutil.Error:  # exited between listing and sampling
                 continue
-            high = max(high, _high_water_rss(proc.pid))
+            high = max(high, high_water_rss(proc.pid))
         return max(total, high) / _MB, pids
 
     def alive(self) -> list[psutil.Process]:
@@ -181,7 +184,7 @@ def _kill(processes: list[psutil.Process]) -> None:
     psutil.wait_procs(processes, timeout=2.0)
 
 
-def _high_water_rss(pid: int) -> int:
+def high_water_rss(pid: int) -> int:
     """VmHWM of a process in bytes (0 where unreadable). Unlike wait4's ru_maxrss it starts
     afresh at exec: ru_maxrss inherits the parent's peak at fork/exec, i.e. this harness's own
     memory (tens of MB, hundreds with torch loaded)."""
@@ -271,18 +274,18 @@ def run_instance(verifier: Verifier, instance: Instance, log_dir: Path,
     failure (that is ``Status.ERROR`` with a reason). ``grace`` (SIGTERM to SIGKILL) defaults to
     the verifier's own ``grace``, else ``DEFAULT_GRACE``."""
     grace = _grace(verifier) if grace is None else grace
-    record = _blank_record(verifier, instance)
-    if not _installed(verifier):
+    record = blank_record(verifier, instance)
+    if not tool_installed(verifier):
         hint = verifier.install_hint.strip().splitlines() or [f"{verifier.name} is not installed"]
-        return _finish(record, Status.ERROR, hint[0])
+        return finish_record(record, Status.ERROR, hint[0])
 
     # Absolute: tools run with their own cwd, and a relative path would point elsewhere there.
-    workdir = _fresh_workdir(Path(log_dir).resolve(), verifier.result_name, instance)
+    workdir = fresh_workdir(Path(log_dir).resolve(), verifier.result_name, instance)
     record.log_path = str(workdir)
     try:
         command = verifier.command(instance, workdir)
     except Exception as err:
-        return _finish(record, Status.ERROR, f"cannot build the command: {_describe(err)}")
+        return finish_record(record, Status.ERROR, f"cannot build the command: {describe(err)}")
 
     stdout_path, stderr_path = workdir / "stdout.log", workdir / "stderr.log"
     (workdir / "command.txt").write_text(shlex.join(map(str, command.argv)) + "\n")
@@ -290,31 +293,40 @@ def run_instance(verifier: Verifier, instance: Instance, log_dir: Path,
         outcome = run_process(command.argv, instance.timeout, grace=grace, env=command.env,
                               cwd=command.cwd, stdout_path=stdout_path, stderr_path=stderr_path)
     except OSError as err:  # the executable is missing or not executable
-        return _finish(record, Status.ERROR, f"cannot start {command.argv[0]}: {err}")
+        return finish_record(record, Status.ERROR, f"cannot start {command.argv[0]}: {err}")
     record.wall_time = outcome.wall_time
     record.peak_memory_mb = outcome.peak_memory_mb
     record.peak_gpu_memory_mb = outcome.peak_gpu_memory_mb
 
     if outcome.timed_out:
         how = "killed with SIGKILL" if outcome.killed else "stopped with SIGTERM"
-        return _finish(record, Status.TIMEOUT, f"hard timeout after {instance.timeout:g} s ({how})")
+        return finish_record(record, Status.TIMEOUT,
+                             f"hard timeout after {instance.timeout:g} s ({how})")
 
+    return parsed_record(verifier, instance, record, workdir, outcome.returncode)
+
+
+def parsed_record(verifier: Verifier, instance: Instance, record: RunRecord, workdir: Path,
+                  returncode: int) -> RunRecord:
+    """``record`` completed from what a tool that exited by itself left in ``workdir`` (its
+    ``stdout.log``, ``stderr.log`` and files): the verifier's verdict, its own time, the part of
+    ``record.wall_time`` outside it (``startup_time``), and the counterexample's check."""
     try:
-        verdict = verifier.parse(instance, workdir, _read_text(stdout_path),
-                                 _read_text(stderr_path), outcome.returncode)
+        verdict = verifier.parse(instance, workdir, read_text(workdir / "stdout.log"),
+                                 read_text(workdir / "stderr.log"), returncode)
         status = Status(verdict.status)
     except Exception as err:
-        return _finish(record, Status.ERROR, f"cannot parse the output: {_describe(err)}")
+        return finish_record(record, Status.ERROR, f"cannot parse the output: {describe(err)}")
     record.verifier_time = verdict.verifier_time
     record.decided_by = verdict.decided_by
-    if verdict.verifier_time is not None:
-        record.startup_time = max(outcome.wall_time - verdict.verifier_time, 0.0)
+    if verdict.verifier_time is not None and record.wall_time is not None:
+        record.startup_time = max(record.wall_time - verdict.verifier_time, 0.0)
     if status is Status.SAT:
-        record.cex_check, record.cex_detail = _check_cex(instance, verdict)
-    return _finish(record, status, verdict.reason)
+        record.cex_check, record.cex_detail = check_cex(instance, verdict)
+    return finish_record(record, status, verdict.reason)
 
 
-def _blank_record(verifier: Verifier, instance: Instance) -> RunRecord:
+def blank_record(verifier: Verifier, instance: Instance) -> RunRecord:
     return RunRecord(
         benchmark=instance.benchmark, root=str(instance.root), onnx=instance.onnx,
         vnnlib=instance.vnnlib, verifier=verifier.result_name,
@@ -327,13 +339,13 @@ def _blank_record(verifier: Verifier, instance: Instance) -> RunRecord:
     )
 
 
-def _finish(record: RunRecord, status: Status, reason: str) -> RunRecord:
+def finish_record(record: RunRecord, status: Status, reason: str) -> RunRecord:
     record.status = Status(status).value
     record.reason = reason
     return record
 
 
-def _installed(verifier: Verifier) -> bool:
+def tool_installed(verifier: Verifier) -> bool:
     try:
         return bool(verifier.is_installed())
     except Exception:
@@ -352,7 +364,7 @@ def _version(verifier: Verifier) -> str | None:
         return None
 
 
-def _check_cex(instance: Instance, verdict: Verdict) -> tuple[str, str]:
+def check_cex(instance: Instance, verdict: Verdict) -> tuple[str, str]:
     cex = verdict.counterexample or {}
     try:
         check = check_counterexample(instance.onnx_path, instance.vnnlib_path, cex.get("x"),
@@ -360,11 +372,11 @@ def _check_cex(instance: Instance, verdict: Verdict) -> tuple[str, str]:
     except Exception as err:
         # The checker could not run (unreadable model or property): that says nothing about the
         # tool's answer, so it is not called invalid.
-        return "error", f"counterexample check failed: {_describe(err)}"
+        return "error", f"counterexample check failed: {describe(err)}"
     return check.outcome, check.detail
 
 
-def _fresh_workdir(log_dir: Path, verifier: str, instance: Instance) -> Path:
+def fresh_workdir(log_dir: Path, verifier: str, instance: Instance) -> Path:
     """``log_dir/<verifier>/<benchmark>/<onnx>__<vnnlib>/<attempt>/``: a new folder for this
     attempt alone (see ``attempt_dir``)."""
     name = f"{_safe(instance.onnx)}__{_safe(instance.vnnlib)}"
@@ -393,14 +405,14 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except OSError:
         return ""
 
 
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
@@ -464,10 +476,10 @@ def _run_model(verifier: Verifier, group: list[tuple[int, Instance]], log_dir: P
                grace: float, emit: Callable[[RunRecord], None]):
     """Yield ``(position, record)`` for every instance of one model, process by process."""
     first = group[0][1]
-    if not _installed(verifier):
+    if not tool_installed(verifier):
         hint = verifier.install_hint.strip().splitlines() or [f"{verifier.name} is not installed"]
         for position, instance in group:
-            record = _finish(_blank_record(verifier, instance), Status.ERROR, hint[0])
+            record = finish_record(blank_record(verifier, instance), Status.ERROR, hint[0])
             emit(record)
             yield position, record
         return
@@ -542,12 +554,12 @@ class _BatchWatch:
         except OSError:
             size = 0
         if size != self._stdout_size:  # the output only grows: read it again only then
-            self._stdout_size, self._stdout = size, _read_text(self._stdout_path)
+            self._stdout_size, self._stdout = size, read_text(self._stdout_path)
         try:
             verdicts = self.verifier.parse_batch_progress(self.instances, self.workdir,
                                                           self._stdout)
         except Exception as err:
-            self.parse_problem = f"cannot parse the output: {_describe(err)}"
+            self.parse_problem = f"cannot parse the output: {describe(err)}"
             return
         self.parse_problem = ""
         for index in sorted(verdicts):
@@ -566,17 +578,17 @@ def _run_one_process(verifier: Verifier, instances: list[Instance], workdir: Pat
     """Run one batch process over ``instances`` and settle what it can: every answered
     instance, and the one it was verifying when it overran or stopped. The others (never
     reached) are left out of the result, to go on in a new process."""
-    records = {i: _blank_record(verifier, inst) for i, inst in enumerate(instances)}
+    records = {i: blank_record(verifier, inst) for i, inst in enumerate(instances)}
     for record in records.values():
         record.log_path = str(workdir)
 
     def settle_all(reason: str) -> dict[int, RunRecord]:
-        return {i: _finish(record, Status.ERROR, reason) for i, record in records.items()}
+        return {i: finish_record(record, Status.ERROR, reason) for i, record in records.items()}
 
     try:
         command: Command = verifier.batch_command(instances, workdir)
     except Exception as err:
-        return settle_all(f"cannot build the batch command: {_describe(err)}")
+        return settle_all(f"cannot build the batch command: {describe(err)}")
     stdout_path, stderr_path = workdir / "stdout.log", workdir / "stderr.log"
     (workdir / "command.txt").write_text(shlex.join(map(str, command.argv)) + "\n")
     watch = _BatchWatch(verifier, instances, workdir, grace)
@@ -605,14 +617,14 @@ def _run_one_process(verifier: Verifier, instances: list[Instance], workdir: Pat
             how = "killed with SIGKILL" if outcome.killed else "stopped with SIGTERM"
             reason = (f"hard timeout after {timeout:g} s in batch mode (the process was {how}; "
                       f"the instances after this one went on in a new process)")
-            settled[current] = _finish(record, Status.TIMEOUT, reason)
+            settled[current] = finish_record(record, Status.TIMEOUT, reason)
         elif record.wall_time > timeout:
             # It died (or gave up) only after its time was up: a timeout, as run_instance
             # would have stopped it at the timeout.
-            settled[current] = _finish(record, Status.TIMEOUT,
+            settled[current] = finish_record(record, Status.TIMEOUT,
                                        f"no answer within {timeout:g} s in batch mode")
         else:
-            settled[current] = _finish(record, Status.ERROR,
+            settled[current] = finish_record(record, Status.ERROR,
                                        _unanswered_reason(verifier, outcome, watch, stdout_path,
                                                           stderr_path))
     for record in settled.values():
@@ -638,16 +650,16 @@ def _answer_record(record: RunRecord, instance: Instance, answer: _Answer) -> Ru
     try:
         status = Status(verdict.status)
     except ValueError:
-        return _finish(record, Status.ERROR, f"the verifier reported status {verdict.status!r}")
+        return finish_record(record, Status.ERROR, f"the verifier reported status {verdict.status!r}")
     if answer.late:
         record.wall_time = answer.elapsed
         if status is not Status.TIMEOUT:
-            return _finish(record, Status.TIMEOUT,
+            return finish_record(record, Status.TIMEOUT,
                            f"answered {status.value} only after its timeout of "
                            f"{instance.timeout:g} s (batch mode)")
     if status is Status.SAT:
-        record.cex_check, record.cex_detail = _check_cex(instance, verdict)
-    return _finish(record, status, verdict.reason)
+        record.cex_check, record.cex_detail = check_cex(instance, verdict)
+    return finish_record(record, status, verdict.reason)
 
 
 def _unanswered_reason(verifier: Verifier, outcome: ProcessOutcome, watch: _BatchWatch,
@@ -663,11 +675,11 @@ def _unanswered_reason(verifier: Verifier, outcome: ProcessOutcome, watch: _Batc
     text = f"the {verifier.name} batch process {exit_text} before answering this instance"
     if watch.parse_problem:
         return f"{text}; {watch.parse_problem}"
-    last = _last_line(_read_text(stderr_path)) or _last_line(_read_text(stdout_path))
+    last = last_line(read_text(stderr_path)) or last_line(read_text(stdout_path))
     return f"{text}; last output: {last}" if last else text
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
 

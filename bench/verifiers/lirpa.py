@@ -1,7 +1,8 @@
 """auto_LiRPA (CROWN and friends) as an incomplete verifier, behind a PGD attack.
 
-The work happens in a separate process, ``bench.verifiers._lirpa_main``, so that the harness can
-time and kill it like any other tool. It converts the ONNX model with onnx2torch, attacks each
+The work happens in a separate process, ``bench.verifiers._lirpa_main`` (under ``bench run``, the
+persistent worker that runs it: ``bench.verifiers.engine``), so that the harness can time and
+kill it like any other tool. It converts the ONNX model with onnx2torch, attacks each
 input box with PGD (a counterexample is confirmed with onnxruntime before it is reported), and
 otherwise bounds the property's output constraints with auto_LiRPA. It writes a VNN-COMP result
 file (``sat`` + counterexample, ``unsat`` or ``unknown``) and a JSON file beside it with its own
@@ -15,9 +16,9 @@ from pathlib import Path
 from bench.verifiers import VERIFIERS
 from bench.verifiers._lirpa_main import METHODS as _WORKER_METHODS  # numpy only; torch stays out
 from bench.formats.folder import Instance
-from bench.verifiers.base import (Command, Parameter, Status, Verdict, Verifier, at_least)
-from bench.verifiers.worker import (RESULT_FILE, STATS_FILE, parse_result_file,  # noqa: F401
-                                    parse_worker_output, worker_command)
+from bench.verifiers.base import Parameter, Status, Verdict, at_least
+from bench.verifiers.worker import (RESULT_FILE, STATS_FILE, OwnWorker,  # noqa: F401
+                                    parse_result_file, parse_worker_output)
 
 METHODS = tuple(_WORKER_METHODS)  # CROWN, alpha-CROWN, CROWN-IBP, IBP
 
@@ -25,7 +26,7 @@ METHODS = tuple(_WORKER_METHODS)  # CROWN, alpha-CROWN, CROWN-IBP, IBP
 
 
 @VERIFIERS.register("lirpa")
-class Lirpa(Verifier):
+class Lirpa(OwnWorker):
     name = "lirpa"
     complete = False
     install_hint = ("pip install onnx2torch && pip install --no-deps auto-lirpa==0.3 "
@@ -42,14 +43,14 @@ class Lirpa(Verifier):
     modules = ("onnx2torch", "onnxruntime", "bench.lirpa_compat")
     package = "auto_LiRPA"
 
-    def command(self, instance: Instance, workdir: Path) -> Command:
-        return worker_command(
-            "bench.verifiers._lirpa_main", instance, workdir,
-            "--method", str(self.params["method"]),
-            "--pgd-steps", str(self.params["pgd_steps"]),
-            "--pgd-restarts", str(self.params["pgd_restarts"]),
-            "--device", str(self.params["device"]),
-            "--seed", str(self.params["seed"]))
+    worker_module = "bench.verifiers._lirpa_main"
+
+    def worker_args(self, instance: Instance) -> list[str]:
+        return ["--method", str(self.params["method"]),
+                "--pgd-steps", str(self.params["pgd_steps"]),
+                "--pgd-restarts", str(self.params["pgd_restarts"]),
+                "--device", str(self.params["device"]),
+                "--seed", str(self.params["seed"])]
 
     def parse(self, instance: Instance, workdir: Path, stdout: str, stderr: str,
               returncode: int) -> Verdict:

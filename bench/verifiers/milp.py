@@ -1,11 +1,13 @@
 """An exact complete verifier on the CPU: a big-M MILP (Tjeng et al. 2019) solved by HiGHS.
 
-The work happens in a separate process, ``bench.verifiers._milp_main`` (see its docstring), so
-that the harness can time and kill it like any other tool: it converts the ONNX model as the
-``lirpa`` worker does, encodes the ReLU network exactly with bounds from auto_LiRPA, and solves one
-single-threaded HiGHS MILP per spec. ``sat`` is reported only with a point that onnxruntime
-confirms; ``unknown`` means the MILP's point failed that check (a floating-point tie), never
-that something failed; every failure (an unsupported op, a solver error) is an ``error``.
+The work happens in a separate process, ``bench.verifiers._milp_main`` (see its docstring; under
+``bench run``, the persistent worker that runs it: ``bench.verifiers.engine``), so that the
+harness can time and kill it like any other tool: it converts the ONNX model as the
+``lirpa`` worker does, attacks it with PGD, encodes the ReLU network exactly with bounds from
+auto_LiRPA (tightened by LPs), and solves one single-threaded HiGHS MILP per spec, started from
+the attack's nearest misses. ``sat`` is reported only with a point that onnxruntime confirms;
+``unknown`` means the MILP's point failed that check (a floating-point tie), never that
+something failed; every failure (an unsupported op, a solver error) is an ``error``.
 
 The worker writes a VNN-COMP result file (read with ``bench.verifiers.vnncomp_format``) and a
 JSON file beside it with its own elapsed time and, for ``unknown`` and ``timeout``, the reason.
@@ -17,17 +19,19 @@ from pathlib import Path
 from bench.verifiers import VERIFIERS
 from bench.formats.folder import Instance
 from bench.verifiers._milp_main import BOUND_METHODS, DEFAULTS, TIGHTENING  # numpy only
-from bench.verifiers.base import Command, Parameter, Status, Verdict, Verifier, at_least
-from bench.verifiers.worker import RESULT_FILE, STATS_FILE, parse_worker_output, worker_command  # noqa: F401
+from bench.verifiers.base import Parameter, Status, Verdict, at_least
+from bench.verifiers.worker import (RESULT_FILE, STATS_FILE, OwnWorker,  # noqa: F401
+                                    parse_worker_output)
 
 
 def _share(value: float) -> None:
+    """A ``Parameter.check``: a share of the time, in [0, 1]."""
     if not 0 <= value <= 1:
         raise ValueError("must be between 0 and 1")
 
 
 @VERIFIERS.register("milp")
-class Milp(Verifier):
+class Milp(OwnWorker):
     name = "milp"
     complete = True
     install_hint = ("pip install highspy scipy onnx2torch && pip install --no-deps auto-lirpa==0.3 "
@@ -48,16 +52,18 @@ class Milp(Verifier):
         "attack_steps": Parameter(int, DEFAULTS["attack_steps"], check=at_least(0),
                                   help="PGD steps per restart"),
         "mip_start": Parameter(bool, DEFAULTS["mip_start"],
-                               help="start HiGHS from the attack's nearest miss of each spec"),
+                               help="give HiGHS the attack's nearest miss of each spec as "
+                                    "a starting point (a hint only)"),
     }
     # HiGHS, scipy, onnx2torch, onnxruntime and auto_LiRPA (through the project's patches).
     modules = ("highspy", "onnx2torch", "onnxruntime", "scipy.sparse", "bench.lirpa_compat")
     package = "highspy"
     version_format = "highspy {version}"
 
-    def command(self, instance: Instance, workdir: Path) -> Command:
-        return worker_command("bench.verifiers._milp_main", instance, workdir,
-                              "--timeout", repr(float(instance.timeout)), *self.worker_options())
+    worker_module = "bench.verifiers._milp_main"
+
+    def worker_args(self, instance: Instance) -> list[str]:
+        return ["--timeout", repr(float(instance.timeout)), *self.worker_options()]
 
     def worker_options(self) -> list[str]:
         """The parameters as the worker's options (``--name value``, ``--[no-]mip-start``)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -390,18 +391,54 @@ class LoadedModel:
         return math.prod(self.output_shape)
 
 
+class PropertyCache:
+    """Parsed VNN-LIB files by (path, size, modification time), the ``size`` most recently
+    used: a persistent worker reads each property once per model (every level of a benchmark
+    shares its properties). Off (size 0) unless the worker turns it on. Cached arrays are
+    read-only, since every reader shares them."""
+
+    def __init__(self, size: int = 0):
+        self.size = size
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def read(self, path: str | Path) -> tuple[int, int, list]:
+        """``bench.formats.vnnlib.read_vnnlib(path)``; raises WorkerError."""
+        from bench.errors import BenchError
+        from bench.formats.vnnlib import read_vnnlib
+
+        key = None
+        if self.size > 0:
+            try:
+                stat = os.stat(path)
+                key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                key = None  # read_vnnlib says what is wrong
+        if key is not None and key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        try:
+            parsed = read_vnnlib(path)
+        except BenchError as err:
+            raise WorkerError(str(err)) from None
+        if key is not None:
+            for box, specs in parsed[2]:
+                for array in (box, *(part for spec in specs for part in spec)):
+                    array.setflags(write=False)
+            self._entries[key] = parsed
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return parsed
+
+
+PROPERTIES = PropertyCache()
+
+
 def load_property(model: LoadedModel, vnnlib_path: str | Path, rng: np.random.Generator):
     """The property's disjuncts, checked to fit ``model`` and to be boxes, and the converted
     network checked against onnxruntime on points of those boxes: ``(disjuncts, boxes,
     batched)`` with ``boxes`` the ``float32_boxes`` of each disjunct and ``batched`` whether the
     network computes a batch correctly. Raises WorkerError."""
-    from bench.errors import BenchError
-    from bench.formats.vnnlib import read_vnnlib
-
-    try:
-        n_in, n_out, disjuncts = read_vnnlib(vnnlib_path)
-    except BenchError as err:
-        raise WorkerError(str(err)) from None
+    n_in, n_out, disjuncts = PROPERTIES.read(vnnlib_path)
     if model.n_in != n_in or model.n_out != n_out:
         raise WorkerError(f"the property has {n_in} inputs and {n_out} outputs, the model "
                           f"{model.input_shape} and {model.output_shape}")

@@ -6,6 +6,11 @@ A worker is a module run as ``python -m bench.verifiers._<tool>_main --onnx ... 
 counterexample, ``unsat``, ``timeout`` or ``unknown``) and a JSON file of statistics next to it
 (at least its own elapsed ``time_s``); on failure it prints a ``<tool>: reason`` line on stderr
 and exits non-zero without a result file.
+
+``bench run`` does not start a process per instance for these: the persistent worker
+(``bench.verifiers.engine``) imports torch once, keeps each model, and answers the same
+arguments (``OwnWorker.worker_argv``) with the same files in the same folder, which ``parse``
+reads either way.
 """
 from __future__ import annotations
 
@@ -13,28 +18,62 @@ import json
 import math
 import os
 import sys
+from importlib.util import find_spec
 from pathlib import Path
+from typing import ClassVar
 
 from bench.formats.folder import Instance
-from bench.verifiers.base import Command, Status, Verdict
+from bench.parallel import one_thread_environment
+from bench.verifiers.base import Command, Status, Verdict, Verifier
 from bench.verifiers.vnncomp_format import parse_counterexample
 
 RESULT_FILE = "result.txt"
 STATS_FILE = "result.json"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER_MODULES = ("torch", "auto_LiRPA")  # what every worker of this package imports
 
 
-def worker_command(module: str, instance: Instance, workdir: Path, *args: str) -> Command:
-    argv = [sys.executable, "-m", module,
-            "--onnx", str(instance.onnx_path.resolve()),
-            "--vnnlib", str(instance.vnnlib_path.resolve()),
-            "--result", str((workdir / RESULT_FILE).resolve()), *args]
-    # The worker is a module of this package, which need not be installed: put the checkout
-    # first on the path. One thread: CPU runs are measured single-threaded (with two threads on
-    # two cores, torch ran many times slower next to other work).
+class OwnWorker(Verifier):
+    """A verifier whose worker is ``worker_module``, a module of this package: one process per
+    instance (``command``), or the persistent worker, which runs the module's ``run`` on the
+    same arguments (``worker_argv``)."""
+
+    worker_module: ClassVar[str]
+
+    def worker_args(self, instance: Instance) -> list[str]:
+        """The tool's own options for ``instance`` (after ``--onnx``, ``--vnnlib``,
+        ``--result``)."""
+        return []
+
+    def worker_argv(self, instance: Instance, workdir: Path) -> list[str]:
+        """The worker's arguments for ``instance``, writing into ``workdir``."""
+        return ["--onnx", str(instance.onnx_path.resolve()),
+                "--vnnlib", str(instance.vnnlib_path.resolve()),
+                "--result", str((workdir / RESULT_FILE).resolve()), *self.worker_args(instance)]
+
+    def command(self, instance: Instance, workdir: Path) -> Command:
+        return Command(argv=[sys.executable, "-m", self.worker_module,
+                             *self.worker_argv(instance, workdir)], env=worker_environment())
+
+    def is_installed(self) -> bool:
+        """Every module it needs can be found. Not imported: importing torch and its company
+        takes seconds, and a runner or pool worker has no use for them (the worker process
+        imports them; where that fails, each instance's error says why)."""
+        try:
+            return all(find_spec(module) is not None
+                       for module in (*self.modules, *WORKER_MODULES))
+        except (ImportError, ValueError):
+            return False
+
+
+def worker_environment() -> dict[str, str]:
+    """What a worker process adds to the environment. The worker is a module of this package,
+    which need not be installed: the checkout goes first on the path. One thread: CPU runs are
+    measured single-threaded (with two threads on two cores, torch ran many times slower next
+    to other work)."""
     python_path = os.pathsep.join(p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    return Command(argv=argv, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": python_path})
+    return {**one_thread_environment(), "PYTHONPATH": python_path}
 
 
 def parse_worker_output(tool: str, workdir: Path, stdout: str, stderr: str,
