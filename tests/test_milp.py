@@ -45,6 +45,10 @@ EPS_CYCLE = (0.005, 0.02, 0.05)  # small eps is mostly unsat, larger mostly sat
 # The solver as it was before the attack, the MIP starts and LP tightening: with interval bounds
 # ACAS Xu 1-6 takes it minutes (LP tightening decides it in a second).
 SLOW_SOLVER = {"tighten": "none", "attack_restarts": 0, "mip_start": False}
+# alpha-CROWN, all the LP tightening it wants, and an attack too weak to decide much (no steps):
+# the MILPs start from its nearest misses.
+HINTED_SOLVER = {"bounds": "alpha-CROWN", "tighten_share": 1.0, "attack_steps": 0,
+                 "attack_restarts": 2}
 
 pytestmark = pytest.mark.skipif(not Milp().is_installed(),
                                 reason=f"the milp verifier's packages are missing: "
@@ -310,12 +314,8 @@ def test_harness_run_of_a_cnn(harness_runs, milp_answers):
 @pytest.fixture(scope="module")
 def other_answers(cases, bench_dir, milp_answers) -> dict[str, dict[int, tuple[str, dict]]]:
     """The agreement cases under other settings: the solver as it was before the attack, the MIP
-    starts and LP tightening (``baseline``), and alpha-CROWN with all the LP tightening it wants
-    and an attack too weak to decide much (no steps), so that the MILPs start from its nearest
-    misses (``hinted``)."""
-    settings = {"baseline": SLOW_SOLVER,
-                "hinted": {"bounds": "alpha-CROWN", "tighten_share": 1.0, "attack_steps": 0,
-                           "attack_restarts": 2}}
+    starts and LP tightening (``baseline``), and ``hinted`` (HINTED_SOLVER)."""
+    settings = {"baseline": SLOW_SOLVER, "hinted": HINTED_SOLVER}
     answers: dict[str, dict[int, tuple[str, dict]]] = {}
     for name, params in settings.items():
         answers[name] = {}
@@ -365,6 +365,37 @@ def test_hints_and_tightening_are_used(milp_answers, other_answers):
     hinted = [stats["phases"]["bounds"]["method"] for _, stats in other_answers["hinted"].values()
               if "bounds" in stats["phases"]]
     assert hinted and set(hinted) == {"alpha-CROWN"}
+
+
+def test_a_start_never_costs_the_answer(monkeypatch, cases, bench_dir, other_answers):
+    """HiGHS can end a MIP that it was given a start for without a decision (seen: "objective
+    target reached" with no feasible point); the worker then solves again without the start,
+    and the answer is the same."""
+    import highspy
+
+    hinted = other_answers["hinted"]
+    i = next(i for i, (_, stats) in hinted.items()
+             if any(spec.get("start_accepted") for spec in stats["specs"]))
+    started: set[int] = set()
+    set_solution, model_status = highspy.Highs.setSolution, highspy.Highs.getModelStatus
+
+    def start_then(self, *args):
+        started.add(id(self))
+        return set_solution(self, *args)
+
+    def undecided_if_started(self):
+        if id(self) in started:
+            started.discard(id(self))
+            return highspy.HighsModelStatus.kSolveError
+        return model_status(self)
+
+    monkeypatch.setattr(highspy.Highs, "setSolution", start_then)
+    monkeypatch.setattr(highspy.Highs, "getModelStatus", undecided_if_started)
+    code, status, stats = _run_worker(cases[i]["onnx"], cases[i]["vnnlib"],
+                                      bench_dir / f"dropped{i}" / RESULT_FILE,
+                                      **HINTED_SOLVER)
+    assert code == 0 and status == hinted[i][0], (i, status)
+    assert any("without_start_after" in spec for spec in stats["specs"])
 
 
 def test_lp_bounds_hold_for_any_multipliers():

@@ -941,6 +941,13 @@ def solve_spec(enc: Encoding, mat: np.ndarray, rhs: np.ndarray, slack: float,
         return SpecOutcome("candidate", x, objective, detail)
     if model_status == kinds.kTimeLimit:
         return SpecOutcome("timeout", detail=detail)
+    if start is not None:
+        # A start is a hint and must not cost the answer: HiGHS 1.16 ended a MIP that it was
+        # given a start for with "objective target reached" and no feasible point (a 256x6
+        # MNIST net, as the time ran out). Solve again without it, in the time left.
+        retry = solve_spec(enc, mat, rhs, slack, deadline, fixed_pattern)
+        retry.detail["without_start_after"] = detail["highs_status"]
+        return retry
     raise WorkerError(f"HiGHS ended with {detail['highs_status']} on a spec; no decision")
 
 
