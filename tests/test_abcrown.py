@@ -10,7 +10,6 @@ property's file name (``unsat.vnnlib``, ``hang_2.vnnlib``, ...).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -18,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.errors import BenchError
@@ -28,8 +26,8 @@ from bench.verifiers import abcrown as abcrown_module
 from bench.verifiers.abcrown import AbCrown, readable_vnnlib
 from bench.verifiers.harness import RunRecord, run_batch, run_instance
 from bench.verifiers.installer import TOOLS_ENV, InstallRecord
-from bench.formats.vnnlib import read_vnnlib
 
+from helpers import corner_counterexample  # noqa: E402
 from paths import FIXTURES  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,20 +200,8 @@ def no_killall(tmp_path, monkeypatch, no_leftover_children):
 @pytest.fixture(scope="module")
 def valid_cex() -> dict[str, list[float]]:
     """A corner of test_prop's input box where test_sat.onnx violates the property."""
-    import onnxruntime as ort
-
-    _, _, disjuncts = read_vnnlib(FIXTURES / "test_prop.vnnlib")
-    box, specs = disjuncts[0]
-    session = ort.InferenceSession(str(FIXTURES / "test_sat.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    meta = session.get_inputs()[0]
-    for corner in itertools.product((0, 1), repeat=len(box)):
-        x = np.array([box[i, side] for i, side in enumerate(corner)])
-        y = session.run(None, {meta.name: x.astype(np.float32).reshape(meta.shape)})[0]
-        y = y.reshape(-1).astype(np.float64)
-        if any(np.all(mat @ y <= rhs) for mat, rhs in specs):
-            return {"x": x.tolist(), "y": y.tolist()}
-    raise AssertionError("no corner of the box violates the property")
+    x, y = corner_counterexample(FIXTURES / "test_sat.onnx", FIXTURES / "test_prop.vnnlib")
+    return {"x": x.tolist(), "y": y.tolist()}
 
 
 @pytest.fixture

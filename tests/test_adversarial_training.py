@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import make_config
-from bench.data import load_dataset
 from bench.lirpa_compat import auto_LiRPA
 from bench.models import build_model
 from bench.models.mask import dense_mask
@@ -22,30 +21,12 @@ from bench.training.base import Batch, accuracy, fit
 from bench.training.fgsm_gradalign import FGSM, grad_align_regularizer
 from bench.training.ibp import ibp_init, layers_after_residual_sum, robust_cross_entropy
 from bench.training.pgd import linf_radius, pgd_attack
+from helpers import ibp_verified_accuracy  # noqa: E402
 
 from auto_LiRPA.perturbations import PerturbationLpNorm
 
 EPS = 0.05
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are tiny: a second intra-op thread only adds synchronization, and on a
-    # loaded 2-core machine OpenMP's spinning made training 10-20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def normalizer(digits):
-    return Normalizer(digits.mean, digits.std)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(digits, training, model_name, epochs, lr=3e-3, seed=0):
@@ -90,21 +71,6 @@ def pgd_accuracy(model, x, y, normalizer, eps, steps=20, seed=1):
         x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0, 1)
     with torch.no_grad():
         return float((model(normalizer(x_adv)).argmax(1) == y).float().mean())
-
-
-def ibp_verified_accuracy(model, x, y, normalizer, eps):
-    bounded = auto_LiRPA.BoundedModule(model, torch.zeros(1, *x.shape[1:]))
-    bounded.eval()
-    lower, upper = normalizer.box(x, eps)
-    ptb = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
-    eye = torch.eye(10)
-    spec = eye[y].unsqueeze(1) - eye.unsqueeze(0)
-    lb, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(normalizer(x), ptb),), C=spec,
-                                   method="IBP", bound_upper=False)
-    lb[torch.arange(len(y)), y] = 1.0  # the true label's own row is 0 - 0
-    with torch.no_grad():
-        correct = model(normalizer(x)).argmax(1) == y
-    return float(((lb.min(1).values > 0) & correct).float().mean())
 
 
 def batch_of(digits, normalizer, n=64, eps=EPS, fraction=1.0):
@@ -220,8 +186,10 @@ def test_fgsm_before_the_eps_ramp_is_natural_cross_entropy(digits, normalizer):
 
 def test_ibp_training_verifies_more_than_natural_training(trained, digits, normalizer):
     x, y = digits.test_x, digits.test_y
-    natural = ibp_verified_accuracy(trained["natural", "mlp"][0], x, y, normalizer, EPS)
-    certified = ibp_verified_accuracy(trained["ibp", "mlp"][0], x, y, normalizer, EPS)
+    natural = ibp_verified_accuracy(trained["natural", "mlp"][0], x, y, normalizer, EPS,
+                                    correct_only=True)
+    certified = ibp_verified_accuracy(trained["ibp", "mlp"][0], x, y, normalizer, EPS,
+                                      correct_only=True)
     assert certified > natural + 0.2, (certified, natural)
 
 

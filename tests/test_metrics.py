@@ -11,15 +11,7 @@ from bench.models.normalize import Normalizer
 KEYS = {"samples", "eps", "standard_accuracy", "pgd_accuracy", "pgd", "ibp_verified_accuracy",
         "crown_verified_accuracy", "instability", "instability_pre_bn", "instability_bounds",
         "unstable_ratio", "unstable_ratio_per_layer", "per_sample"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: a second thread buys nothing and costs a lot on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.config import make_config
-from bench.data import load_dataset
 from bench.models import build_model
 from bench.pruning import PRUNERS, hydra, imp, taylor
 from bench.pruning.base import PruneContext, keep_largest
 from bench.models.mask import Mask, apply_mask, dense_mask
 from bench.pruning.snip import SNIP
-from bench.models.normalize import Normalizer
 from bench.training.base import Batch, Trainer
 from bench.training.crown_ibp import CrownIBP
 
 BATCH = 64
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def normalizer(digits):
-    return Normalizer(digits.mean, digits.std)
 
 
 def build(digits, seed: int) -> nn.Module:

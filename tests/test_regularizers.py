@@ -6,7 +6,6 @@ import torch
 import torch.nn as nn
 
 from bench.config import make_config
-from bench.data import load_dataset
 from bench.build.metrics import level_metrics
 from bench.models import build_model
 from bench.models.mask import dense_mask
@@ -17,20 +16,7 @@ from bench.training.regularizers import (REGULARIZERS, NeuronBounds, ibp_preacti
                                          nrs_loss, rs_loss)
 
 SHAPE = (1, 8, 8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: a second thread buys nothing and costs a lot on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_trainer(training: str = "natural", seed: int = 0):

@@ -2,21 +2,14 @@ import pytest
 import torch
 
 from bench.config import make_config
-from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.lirpa_compat import auto_LiRPA
 from bench.models import build_model
 from bench.models.mask import dense_mask
 from bench.training import TRAINERS
 from bench.models.normalize import Normalizer
 from bench.training.base import accuracy, fit
 
-from auto_LiRPA.perturbations import PerturbationLpNorm
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+from helpers import ibp_verified_accuracy
 
 
 def train(digits, training, model_name="cnn4", mask_fn=None, **options):
@@ -33,19 +26,6 @@ def train(digits, training, model_name="cnn4", mask_fn=None, **options):
     fit(trainer, mask, digits.train_x, digits.train_y, normalizer,
         torch.Generator().manual_seed(config.seed), progress=False)
     return model, mask, normalizer
-
-
-def ibp_verified(model, x, y, normalizer, eps):
-    bounded = auto_LiRPA.BoundedModule(model, torch.zeros(1, *x.shape[1:]))
-    bounded.eval()
-    lower, upper = normalizer.box(x, eps)
-    ptb = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
-    eye = torch.eye(10)
-    spec = eye[y].unsqueeze(1) - eye.unsqueeze(0)
-    lb, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(normalizer(x), ptb),), C=spec,
-                                   method="IBP", bound_upper=False)
-    lb[torch.arange(len(y)), y] = 1.0  # the row of the true label is trivially 0
-    return float((lb.min(1).values > 0).float().mean())
 
 
 def test_crown_ibp_batchnorm_statistics_reach_the_model(digits):
@@ -74,7 +54,8 @@ def test_certified_training_certifies_more_than_natural_training(digits):
     natural, _, normalizer = train(digits, "natural", model_name="mlp", lr=3e-3, epochs=15)
     certified, _, _ = train(digits, "crown-ibp", model_name="mlp", lr=3e-3, epochs=15)
     assert accuracy(certified, x, y, normalizer) > 0.5
-    assert ibp_verified(certified, x, y, normalizer, 0.05) > ibp_verified(natural, x, y, normalizer, 0.05) + 0.1
+    assert ibp_verified_accuracy(certified, x, y, normalizer, 0.05) > \
+        ibp_verified_accuracy(natural, x, y, normalizer, 0.05) + 0.1
 
 
 def test_unknown_training_method():

@@ -1,12 +1,10 @@
 """The VNN-COMP scripts adapter against fake tool folders, and the shared result-file parser."""
 from __future__ import annotations
 
-import itertools
 import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.errors import BenchError
@@ -15,8 +13,8 @@ from bench.verifiers import VERIFIERS, Status
 from bench.verifiers.harness import DEFAULT_GRACE, run_instance
 from bench.verifiers.vnncomp import VnnComp
 from bench.verifiers.vnncomp_format import parse_counterexample, parse_vnncomp_result
-from bench.formats.vnnlib import read_vnnlib
 
+from helpers import corner_counterexample  # noqa: E402
 from paths import FIXTURES  # noqa: E402
 
 # What the fake tool does is picked by the property's file name.
@@ -60,22 +58,10 @@ def _no_leftover_children(no_leftover_children):
 @pytest.fixture(scope="module")
 def cex_text() -> str:
     """A valid counterexample for test_sat.onnx / test_prop.vnnlib, in VNN-COMP's format."""
-    import onnxruntime as ort
-
-    _, _, disjuncts = read_vnnlib(FIXTURES / "test_prop.vnnlib")
-    box, specs = disjuncts[0]
-    session = ort.InferenceSession(str(FIXTURES / "test_sat.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    meta = session.get_inputs()[0]
-    for corner in itertools.product((0, 1), repeat=len(box)):
-        x = np.array([box[i, side] for i, side in enumerate(corner)])
-        y = session.run(None, {meta.name: x.astype(np.float32).reshape(meta.shape)})[0]
-        y = y.reshape(-1).astype(np.float64)
-        if any(np.all(mat @ y <= rhs) for mat, rhs in specs):
-            entries = [f"(X_{i} {v!r})" for i, v in enumerate(x.tolist())]
-            entries += [f"(Y_{j} {v!r})" for j, v in enumerate(y.tolist())]
-            return "(" + "\n".join(entries) + ")"
-    raise AssertionError("no corner of the box violates the property")
+    x, y = corner_counterexample(FIXTURES / "test_sat.onnx", FIXTURES / "test_prop.vnnlib")
+    entries = [f"(X_{i} {v!r})" for i, v in enumerate(x.tolist())]
+    entries += [f"(Y_{j} {v!r})" for j, v in enumerate(y.tolist())]
+    return "(" + "\n".join(entries) + ")"
 
 
 def tool_dir(tmp_path: Path, prepare: str | None = None, executable: bool = True) -> Path:

@@ -24,7 +24,7 @@ from bench.collate.tables import STATUSES, Table, load_tables
 from bench.run.results import describe_provenance
 
 
-def make_tables(results_path: Path, out_dir: Path) -> list[Path]:
+def make_tables(results_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write ``<benchmark>__<verifier>.{md,csv,png}`` per pair found in the results, the
     summaries, per-level tables and figures per setting (``summary/``, ``levels/``,
     ``figures/``), ``report.md``, ``report.html`` and ``index.md``, which links to the report

@@ -57,6 +57,7 @@ from bench.progress import Progress
 from bench.parallel import exit_on_signal, make_slots
 from bench.verifiers import VERIFIERS, Verifier
 from bench.verifiers.stages import CascadeSettings
+from bench.verifiers.harness import tool_installed
 
 EXECUTORS = ("local", "ray")
 
@@ -201,7 +202,7 @@ def run_benchmarks(folders: Iterable[str | Path], verifier_name: str, results_pa
                          log_dir=str(log_dir), install_hint=verifier.install_hint,
                          total=len(instances), shard=str(shard or ""), executor=executor,
                          cascade=",".join(cascade.stages) if cascade else "")
-    summary.verifier_installed = _installed(verifier)
+    summary.verifier_installed = tool_installed(verifier)
     spec = executors.RunSpec(verifier=verifier_name, params=dict(verifier.params),
                              log_dir=log_dir, results_path=results_path,
                              provenance=provenance(verifier, cascade),
@@ -294,13 +295,6 @@ def _unique(instances: Iterable[Instance]) -> list[Instance]:
             seen.add(executors.key_of(instance))
             unique.append(instance)
     return unique
-
-
-def _installed(verifier: Verifier) -> bool:
-    try:
-        return bool(verifier.is_installed())
-    except Exception:
-        return False
 
 
 def _supports_batch(verifier: Verifier) -> bool:
