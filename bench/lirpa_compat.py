@@ -8,7 +8,9 @@ auto_LiRPA from GitHub is imported untouched. The five incompatibilities (see ..
 2. ``torch.onnx.symbolic_helper._set_opset_version`` moved to the TorchScript exporter's GLOBALS;
 3. ``torch._C.Node.__getitem__`` was removed (it dispatched on ``kindOf(key)``);
 4. ``Module._named_members`` gained a ``remove_duplicate`` keyword that 0.3's override rejects;
-5. opset>=11 symbolics (``onnx::OneHot`` for loss fusion) are registered lazily by torch.
+5. opset>=11 symbolics (``onnx::OneHot`` for loss fusion) are registered lazily by torch;
+6. torch 2.x's ``clamp`` passes no gradient at its bounds, and alpha-CROWN starts every ReLU slope
+   at exactly 0 or 1 and clamps it to [0, 1]: alpha never moves (alpha-CROWN == CROWN).
 """
 from __future__ import annotations
 
@@ -74,6 +76,41 @@ def _patch_named_members(auto_lirpa) -> None:
     BoundedModule._named_members = _named_members
 
 
+def _patch_alpha_clamp(auto_lirpa) -> None:
+    """Give the ReLU slopes' clamp to [0, 1] in ``BoundRelu._relu_mask_alpha`` (0.3's code, with
+    only the clamp changed) a straight-through gradient. auto_LiRPA clips the slopes into [0, 1]
+    after every step anyway, so the clamp's value never changes; only the gradient at the bounds,
+    where CROWN's slopes start, comes back."""
+    import torch
+
+    probe = torch.zeros(1, requires_grad=True)
+    torch.clamp(probe, min=0.0, max=1.0).sum().backward()
+    if probe.grad is not None and float(probe.grad) == 1.0:
+        return  # this torch passes the gradient at the bounds
+    from auto_LiRPA.operators.activation import BoundRelu
+
+    if "_relu_mask_alpha" not in vars(BoundRelu):
+        return  # not release 0.3's layout: leave it alone
+
+    def _unit_interval(slope):
+        if slope is None:
+            return None
+        return slope + (torch.clamp(slope, min=0.0, max=1.0) - slope).detach()
+
+    def _relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d):
+        lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
+        upper_mask = (upper <= 0).requires_grad_(False)
+        zero_coeffs = upper_mask.all()
+        no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
+        if lb_lower_d is not None:
+            lb_lower_d = _unit_interval(lb_lower_d) * no_mask + lower_mask
+        if ub_lower_d is not None:
+            ub_lower_d = _unit_interval(ub_lower_d) * no_mask + lower_mask
+        return lb_lower_d, ub_lower_d, zero_coeffs
+
+    BoundRelu._relu_mask_alpha = staticmethod(_relu_mask_alpha)
+
+
 def load():
     """Return the ``auto_LiRPA`` module, patched where needed."""
     global _loaded
@@ -95,6 +132,7 @@ def load():
             finally:
                 warnings.simplefilter = simplefilter
         _patch_named_members(auto_LiRPA)
+        _patch_alpha_clamp(auto_LiRPA)
         _loaded = auto_LiRPA
     return _loaded
 

@@ -292,6 +292,56 @@ def test_soundness_against_sampling_and_an_independent_attack(tmp_path, one_thre
     assert counts["sat"] >= 2 and counts["unsat"] >= 5, counts
 
 
+# --------------------------------------------------------------------------- alpha-CROWN
+
+
+def test_alpha_slopes_stay_in_the_unit_interval_and_get_a_gradient():
+    """bench.lirpa_compat's clamp of the ReLU slopes: the value clamped to [0, 1] where the
+    neuron is unstable (any slope there gives sound bounds), 1 where active, 0 where inactive;
+    the gradient passes even at 0 and 1, where alpha-CROWN starts (torch's clamp stops it)."""
+    from bench.lirpa_compat import auto_LiRPA  # noqa: F401  (applies the patches)
+    from auto_LiRPA.operators.activation import BoundRelu
+
+    lower = torch.tensor([-1.0, -1.0, -1.0, -1.0, 0.5, -2.0])
+    upper = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, -1.0])
+    slope = torch.tensor([-0.5, 1.5, 0.0, 1.0, 0.3, 0.7], requires_grad=True)
+    lb_slope, _, _ = BoundRelu._relu_mask_alpha(lower, upper, slope, None)
+    assert lb_slope.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    lb_slope.sum().backward()
+    assert slope.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_alpha_crown_improves_on_crown_and_stays_sound(tmp_path, one_thread):
+    """With the slopes free to move, alpha-CROWN's bounds are CROWN's or better (on some row
+    strictly), and never above the network's value at a sampled point of the box."""
+    from bench.verifiers.onnx_torch import LoadedModel
+
+    shape = (1, 8, 8)
+    model = _mlp(3, channels=shape[0], side=shape[1])
+    onnx_path = tmp_path / "mlp.onnx"
+    _export(model, shape, onnx_path)
+    rng = np.random.default_rng(3)
+    x = _point(rng, shape)
+    label = int(np.argmax(_logits(model, x)))
+    lo, hi = _box(x, 0.02)
+    rows = np.delete(np.eye(NUM_CLASSES)[label] - np.eye(NUM_CLASSES), label, axis=0)
+    loaded = LoadedModel(onnx_path)
+    bounder = worker.Bounder(loaded.network, loaded.prepared_shape, loaded.conv_mode)
+    samples = bounder.samples((lo.astype(np.float32), hi.astype(np.float32)))
+    crown = bounder.lower_bounds(samples, rows, "CROWN")
+    alpha = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=20)
+    assert np.all(alpha >= crown - 1e-5), (alpha, crown)
+    assert np.any(alpha > crown + 1e-3), (alpha, crown)
+    points = lo + (hi - lo) * rng.random((2000, lo.size))
+    values = rows @ _batch_logits(model, points, shape).T
+    assert np.all(alpha[:, None] <= values + 1e-5)
+
+
+def _batch_logits(model: nn.Module, points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(points, dtype=torch.float32).reshape(-1, *shape)).numpy()
+
+
 # --------------------------------------------------------------------------- VNN-COMP fixtures
 
 

@@ -26,6 +26,8 @@ from bench.verifiers.cex import check_counterexample
 from bench.verifiers.harness import RunRecord, run_instance
 from bench.verifiers.marabou import Marabou
 from bench.verifiers.milp import RESULT_FILE, STATS_FILE, Milp
+from bench.verifiers.onnx_torch import LoadedModel, WorkerError
+from bench.verifiers.stages import CascadeSettings, run_stages
 from bench.verifiers.vnncomp_format import parse_vnncomp_result
 from bench.formats.vnnlib import read_vnnlib, robustness_property
 
@@ -40,6 +42,13 @@ KNOWN = {
 NUM_CLASSES = 10
 AGREEMENT_CASES = 10
 EPS_CYCLE = (0.005, 0.02, 0.05)  # small eps is mostly unsat, larger mostly sat
+# The solver as it was before the attack, the MIP starts and LP tightening: with interval bounds
+# ACAS Xu 1-6 takes it minutes (LP tightening decides it in a second).
+SLOW_SOLVER = {"tighten": "none", "attack_restarts": 0, "mip_start": False}
+# alpha-CROWN, all the LP tightening it wants, and an attack too weak to decide much (no steps):
+# the MILPs start from its nearest misses.
+HINTED_SOLVER = {"bounds": "alpha-CROWN", "tighten_share": 1.0, "attack_steps": 0,
+                 "attack_restarts": 2}
 
 pytestmark = pytest.mark.skipif(not Milp().is_installed(),
                                 reason=f"the milp verifier's packages are missing: "
@@ -109,11 +118,13 @@ def _box(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run_worker(onnx: Path, vnnlib: Path, result: Path, timeout: float = 60,
-                bounds: str = "CROWN") -> tuple[int, str, dict]:
-    """The worker in this process: (exit code, first line of the result, stats)."""
+                **params) -> tuple[int, str, dict]:
+    """The worker in this process with the milp verifier's ``params`` as the verifier passes
+    them: (exit code, first line of the result, stats)."""
     result.parent.mkdir(parents=True, exist_ok=True)
     code = worker.main(["--onnx", str(onnx), "--vnnlib", str(vnnlib), "--result", str(result),
-                        "--timeout", str(timeout), "--bounds", bounds], started_at=time.time())
+                        "--timeout", str(timeout), *Milp(**params).worker_options()],
+                       started_at=time.time())
     if code != 0:
         return code, "", {}
     stats = json.loads(result.with_suffix(".json").read_text())
@@ -204,7 +215,7 @@ def harness_runs(bench_dir) -> dict[str, Future]:
     pool = ThreadPoolExecutor(max_workers=2)
     jobs = {
         "cnn": (Milp(), Instance("own", bench_dir, "net2.onnx", "prop2.vnnlib", 60)),
-        "timeout": (Milp(bounds="interval"),
+        "timeout": (Milp(bounds="interval", **SLOW_SOLVER),
                     Instance("test", bench_dir / "vnncomp", "test_unsat.onnx",
                              "test_prop.vnnlib", 8)),
     }
@@ -297,6 +308,145 @@ def test_harness_run_of_a_cnn(harness_runs, milp_answers):
     assert 0 < record.verifier_time <= record.wall_time
 
 
+# --------------------------------------------------------------------------- attack, hints, bounds
+
+
+@pytest.fixture(scope="module")
+def other_answers(cases, bench_dir, milp_answers) -> dict[str, dict[int, tuple[str, dict]]]:
+    """The agreement cases under other settings: the solver as it was before the attack, the MIP
+    starts and LP tightening (``baseline``), and ``hinted`` (HINTED_SOLVER)."""
+    settings = {"baseline": SLOW_SOLVER, "hinted": HINTED_SOLVER}
+    answers: dict[str, dict[int, tuple[str, dict]]] = {}
+    for name, params in settings.items():
+        answers[name] = {}
+        for i, case in cases.items():
+            code, status, stats = _run_worker(case["onnx"], case["vnnlib"],
+                                              bench_dir / f"{name}{i}" / RESULT_FILE, **params)
+            assert code == 0, f"{name}, case {i}: the worker failed"
+            answers[name][i] = (status, stats)
+    return answers
+
+
+def test_solver_settings_agree(milp_answers, other_answers):
+    """The attack, the hints and the tighter bounds change how an answer is found, never the
+    answer."""
+    statuses = {i: (status, *(other[i][0] for other in other_answers.values()))
+                for i, (status, _) in milp_answers.items()}
+    assert all(len(set(answers)) == 1 for answers in statuses.values()), statuses
+    decided = [answers[0] for answers in statuses.values()]
+    assert decided.count("sat") >= 2 and decided.count("unsat") >= 3, statuses
+
+
+def test_what_the_cascade_attack_falsifies_the_attack_decides(milp_answers, cases):
+    """The worker's attack is the cascade's attack stage (the same defaults and seed): every
+    case that stage falsifies is sat at once, before any bounds or MILP (never a timeout)."""
+    settings = CascadeSettings(stages=("attack",))
+    milp = Milp()
+    assert (milp.params["attack_restarts"], milp.params["attack_steps"]) == \
+        (settings.attack_restarts, settings.attack_steps) and settings.seed == 0
+    falsified = []
+    for i, case in cases.items():
+        outcome = run_stages(LoadedModel(case["onnx"]), case["vnnlib"], settings, None,
+                             time.monotonic() + 60)
+        if outcome.status == "sat":
+            falsified.append(i)
+            status, stats = milp_answers[i]
+            assert status == "sat" and stats["decided_by"] == "attack", (i, status, stats)
+            assert set(stats["phases"]) == {"attack"}, i
+    assert falsified  # not vacuous; test_counterexamples_are_exactly_valid checks the points
+
+
+def test_hints_and_tightening_are_used(milp_answers, other_answers):
+    """Not vacuous: the MILPs were given the attack's points, and LP tightening ran."""
+    specs = [spec for _, stats in other_answers["hinted"].values() for spec in stats["specs"]]
+    assert any(spec.get("start_accepted") for spec in specs)
+    assert any(stats["phases"].get("tightening", {}).get("lps", 0) > 0
+               for _, stats in milp_answers.values())
+    hinted = [stats["phases"]["bounds"]["method"] for _, stats in other_answers["hinted"].values()
+              if "bounds" in stats["phases"]]
+    assert hinted and set(hinted) == {"alpha-CROWN"}
+
+
+def test_a_start_never_costs_the_answer(monkeypatch, cases, bench_dir, other_answers):
+    """HiGHS can end a MIP that it was given a start for without a decision (seen: "objective
+    target reached" with no feasible point); the worker then solves again without the start,
+    and the answer is the same."""
+    import highspy
+
+    hinted = other_answers["hinted"]
+    i = next(i for i, (_, stats) in hinted.items()
+             if any(spec.get("start_accepted") for spec in stats["specs"]))
+    started: set[int] = set()
+    set_solution, model_status = highspy.Highs.setSolution, highspy.Highs.getModelStatus
+
+    def start_then(self, *args):
+        started.add(id(self))
+        return set_solution(self, *args)
+
+    def undecided_if_started(self):
+        if id(self) in started:
+            started.discard(id(self))
+            return highspy.HighsModelStatus.kSolveError
+        return model_status(self)
+
+    monkeypatch.setattr(highspy.Highs, "setSolution", start_then)
+    monkeypatch.setattr(highspy.Highs, "getModelStatus", undecided_if_started)
+    code, status, stats = _run_worker(cases[i]["onnx"], cases[i]["vnnlib"],
+                                      bench_dir / f"dropped{i}" / RESULT_FILE,
+                                      **HINTED_SOLVER)
+    assert code == 0 and status == hinted[i][0], (i, status)
+    assert any("without_start_after" in spec for spec in stats["specs"])
+
+
+def test_lp_bounds_hold_for_any_multipliers():
+    """LP tightening keeps weak-duality bounds: below the LP's minimum whatever the multipliers
+    (random ones, a wrong sign), and equal to it with the solver's own dual."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    rows, columns = 12, 8
+    A = scipy.sparse.csr_matrix(rng.normal(size=(rows, columns)))
+    row_lo = np.where(rng.random(rows) < 0.3, -np.inf, -1 - rng.random(rows))
+    row_hi = np.where(rng.random(rows) < 0.3, np.inf, 1 + rng.random(rows))
+    col_lo, col_hi = -rng.random(columns), rng.random(columns)
+    system = worker.DualSystem(A, row_lo, row_hi, col_lo, col_hi)
+    for _ in range(5):
+        cost = rng.normal(size=columns)
+        h = worker._highs(10.0)
+        worker._pass_model(h, A, row_lo, row_hi, col_lo, col_hi, cost)
+        h.run()
+        minimum = h.getInfo().objective_function_value
+        dual = np.asarray(h.getSolution().row_dual)
+        assert system.lower_bound(cost, dual) == pytest.approx(minimum, abs=1e-7)
+        for multipliers in (rng.normal(size=rows), -dual, np.zeros(rows)):
+            assert system.lower_bound(cost, multipliers) <= minimum + 1e-9
+
+
+def test_parameters_round_trip_to_the_worker(tmp_path):
+    """Every parameter reaches the worker as given (typed, or as ``--verifier-option`` text),
+    the defaults are the worker's, and bad values are refused before any instance runs."""
+    params = {"bounds": "alpha-CROWN", "alpha_iterations": 7, "tighten": "none",
+              "tighten_share": 0.25, "attack_restarts": 3, "attack_steps": 0, "mip_start": False}
+    assert set(params) == set(Milp.parameters)  # every parameter is tried
+    instance = Instance("b", tmp_path, "m.onnx", "p.vnnlib", 12.5)
+    as_text = {name: str(value).lower() if isinstance(value, bool) else str(value)
+               for name, value in params.items()}
+    for given in (params, as_text):
+        args = worker.parse_args(Milp(**given).worker_argv(instance, tmp_path))
+        assert {name: getattr(args, name) for name in params} == params
+        assert args.timeout == 12.5
+    args = worker.parse_args(Milp().worker_argv(instance, tmp_path))
+    assert {name: getattr(args, name) for name in params} == worker.DEFAULTS
+    for bad in ({"tighten_share": 1.5}, {"attack_restarts": -1}, {"alpha_iterations": 0},
+                {"tighten": "milp"}, {"mip_start": "perhaps"}):
+        with pytest.raises(BenchError):
+            Milp(**bad)
+    # The worker checks too, as an error and not an exit (a persistent worker parses them).
+    args.tighten_share = 2.0
+    with pytest.raises(WorkerError, match="tighten-share"):
+        worker.run(args, time.monotonic() + 10)
+
+
 # --------------------------------------------------------------------------- other models and ops
 
 
@@ -340,8 +490,9 @@ def test_unsupported_op_is_an_error(tmp_path, capsys):
     _export(model, (1, 4, 4), tmp_path / "sigmoid.onnx")
     x = np.full((1, 4, 4), 0.5, dtype=np.float32)
     (tmp_path / "p.vnnlib").write_text(robustness_property(x, 0, 0.1, NUM_CLASSES))
+    # Without the attack, which finds (and confirms) a counterexample before any encoding.
     code, _, _ = _run_worker(tmp_path / "sigmoid.onnx", tmp_path / "p.vnnlib",
-                             tmp_path / RESULT_FILE)
+                             tmp_path / RESULT_FILE, attack_restarts=0)
     assert code == worker.EXIT_ERROR
     assert not (tmp_path / RESULT_FILE).exists()
     assert "milp: unsupported operation Sigmoid" in capsys.readouterr().err
@@ -388,7 +539,8 @@ def test_time_limit_in_process(bench_dir, tmp_path):
     folder = bench_dir / "vnncomp"
     start = time.monotonic()
     code, status, stats = _run_worker(folder / "test_unsat.onnx", folder / "test_prop.vnnlib",
-                                      tmp_path / RESULT_FILE, timeout=3, bounds="interval")
+                                      tmp_path / RESULT_FILE, timeout=3, bounds="interval",
+                                      **SLOW_SOLVER)
     elapsed = time.monotonic() - start
     assert code == 0 and status == "timeout"
     assert "time limit of 3 s" in stats["reason"]
@@ -461,7 +613,8 @@ def test_command_runs_the_worker_single_threaded(tmp_path):
     assert command.argv[command.argv.index("--result") + 1] == str(tmp_path / RESULT_FILE)
     assert command.env["OMP_NUM_THREADS"] == "1"
     # A bad value is refused when the verifier is made, before any instance runs.
-    with pytest.raises(BenchError, match="bounds='magic' is not one of CROWN, IBP, interval"):
+    with pytest.raises(BenchError,
+                       match="bounds='magic' is not one of CROWN, alpha-CROWN, IBP, interval"):
         Milp(bounds="magic")
 
 

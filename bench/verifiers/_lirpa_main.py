@@ -32,21 +32,17 @@ corners, random points) are an error, never a proof.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
-                                        load_property, spec_holds)
-from bench.verifiers.worker_process import EXIT_ERROR, Outcome, answer
-
-if TYPE_CHECKING:  # torch is imported late at run time (seconds), after the cheap checks
-    import torch
+from bench.verifiers.attack import attack
+from bench.verifiers.onnx_torch import LoadedModel, WorkerError, first_line, load_property
+from bench.verifiers.worker_process import Outcome, answer
 
 # A disjunct counts as proved only if a spec row's lower bound beats its right-hand side by this
 # much. Bounds are computed in float32; 1e-4 is also VNN-COMP's tolerance for counterexamples, so
@@ -57,104 +53,6 @@ PROOF_MARGIN_REL = 1e-6
 METHODS = {"CROWN": "backward", "alpha-CROWN": "CROWN-Optimized", "CROWN-IBP": "CROWN-IBP",
            "IBP": "IBP"}
 ALPHA_ITERATIONS = 20  # alpha-CROWN's optimization steps unless told otherwise (auto_LiRPA's)
-_PAD_RHS = 1e30  # right-hand side of padding rows: never the row that decides a spec
-
-
-# --------------------------------------------------------------------------- boxes and specs
-
-
-def _padded_specs(specs, n_out: int):
-    """Specs as tensors ``mats[K, R, n_out]``, ``rhs[K, R]``. Shorter specs are padded with rows
-    ``0 @ y <= 1e30``, which never decide a spec's maximum excess; a spec without rows (every
-    output reaches it) keeps only padding, so its excess is -1e30: reached, as it should be."""
-    import torch
-
-    rows = max(max(mat.shape[0] for mat, _ in specs), 1)
-    mats = np.zeros((len(specs), rows, n_out), dtype=np.float32)
-    rhs = np.full((len(specs), rows), _PAD_RHS, dtype=np.float32)
-    for k, (mat, r) in enumerate(specs):
-        mats[k, : mat.shape[0]] = mat
-        rhs[k, : mat.shape[0]] = r
-    return torch.from_numpy(mats), torch.from_numpy(rhs)
-
-
-# --------------------------------------------------------------------------- attack
-
-
-def attack(network, reference: Reference, inner: tuple[np.ndarray, np.ndarray], specs,
-           n_out: int, batch_shape: list[int], steps: int, restarts: int, batched: bool,
-           generator) -> tuple[np.ndarray, np.ndarray] | None:
-    """PGD with ``restarts`` starting points (the first is the box centre), minimizing
-    ``min_k max_i (mat_k y - rhs_k)_i``, which is <= 0 exactly when ``y`` reaches spec k.
-    The restarts run as one batch when the network allows it, else one after another.
-    Returns ``(x, y)`` confirmed by onnxruntime, or None."""
-    import torch
-
-    lo = torch.from_numpy(inner[0]).reshape(batch_shape)
-    hi = torch.from_numpy(inner[1]).reshape(batch_shape)
-    mats, rhs = _padded_specs(specs, n_out)
-
-    def objective(y: torch.Tensor) -> torch.Tensor:  # [B]
-        excess = torch.einsum("kro,bo->bkr", mats, y) - rhs
-        return excess.max(dim=2).values.min(dim=1).values
-
-    count = max(restarts, 1)
-    starts = lo + (hi - lo) * torch.rand((count, *batch_shape[1:]), generator=generator)
-    starts[0] = (lo[0] + hi[0]) / 2
-    starts = _clamp(starts, lo, hi)
-    tried: set[bytes] = set()
-    chunk = count if batched else 1
-    for first in range(0, count, chunk):
-        found = _pgd(network, objective, reference, starts[first:first + chunk], lo, hi, inner,
-                     specs, steps, tried)
-        if found is not None:
-            return found
-    return None
-
-
-def _pgd(network, objective, reference: Reference, x, lo, hi, inner, specs, steps: int,
-         tried: set[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
-    import torch
-
-    width = hi - lo
-    for step in range(steps + 1):
-        x = x.detach().requires_grad_(True)
-        value = objective(network(x))
-        found = _confirm(reference, x.detach(), value.detach(), inner, specs, tried)
-        if found is not None:
-            return found
-        if step == steps:
-            break
-        (grad,) = torch.autograd.grad(value.sum(), x)
-        # Signed gradient steps, cosine-decayed from a quarter of the box width: large steps
-        # cross ReLU regions early, small ones settle into a corner or a tie late.
-        size = 0.25 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x = _clamp(x.detach() - size * width * grad.sign(), lo, hi)
-    return None
-
-
-def _clamp(x, lo, hi):
-    import torch
-
-    return torch.minimum(torch.maximum(x, lo), hi)
-
-
-def _confirm(reference: Reference, x, value, inner, specs,
-             tried: set[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Re-run the points that look like counterexamples in torch with onnxruntime and check
-    them exactly (box and spec); torch and onnxruntime can round a tie differently."""
-    for index in np.flatnonzero(value.numpy() <= 0):
-        point = x[index].numpy().reshape(-1).astype(np.float32)
-        key = point.tobytes()
-        if key in tried:
-            continue
-        tried.add(key)
-        if np.any(point < inner[0]) or np.any(point > inner[1]):
-            continue
-        y = reference(point)
-        if spec_holds(y, specs):
-            return point, y
-    return None
 
 
 # --------------------------------------------------------------------------- bounds

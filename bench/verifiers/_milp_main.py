@@ -1,7 +1,12 @@
 """Worker process of the ``milp`` verifier: an exact big-M MILP (Tjeng et al. 2019) solved by HiGHS.
 
 Run as ``python -m bench.verifiers._milp_main --onnx M --vnnlib P --result R --timeout T
-[--bounds CROWN|IBP|interval]``.
+[--bounds CROWN|alpha-CROWN|IBP|interval] [--tighten lp|none] [--attack-restarts N] ...``
+(``parse_args``; the persistent worker calls ``run`` with the same arguments).
+
+First a PGD attack (``bench.verifiers.attack``, the cascade's own): a point that onnxruntime
+confirms is ``sat`` at once. Otherwise the attack's nearest miss of each spec is kept as a hint
+for HiGHS (a MIP start: it may speed up finding a counterexample, it never decides anything).
 
 The ONNX model is loaded and converted to torch exactly as the ``lirpa`` worker does it
 (``bench.verifiers.onnx_torch``: the same rewrites, and the converted network is checked
@@ -13,8 +18,11 @@ Linear, Gemm, MatMul, BatchNorm, Flatten, Reshape, Add/Sub/Mul/Div by constants,
 the rest need no hand-written rule each. A ReLU with pre-activation bounds ``l < 0 < u`` gets the
 big-M encoding ``y >= 0, y >= z, y <= z - l (1 - a), y <= u a, a in {0, 1}``; stable ones are
 fixed (``y = z`` or ``y = 0``). The bounds are interval bounds computed here in float64,
-intersected with auto_LiRPA's CROWN (or IBP) bounds on every pre-activation, padded against
-float32 rounding; bounds that exclude the network's value at a sampled point are never used.
+intersected with auto_LiRPA's CROWN (or alpha-CROWN, IBP) bounds on every pre-activation, padded
+against float32 rounding, then (``--tighten lp``) tightened layer by layer by LPs over the
+relaxation of the layers before, as MIPVerify does; an LP's bound is taken from weak duality, so
+it is valid even when the LP stops early. Bounds that exclude the network's value at a sampled
+point are never used (the looser ones before them are).
 
 For each ``(box, specs)`` disjunct and each spec ``mat @ y <= rhs`` one MILP minimizes
 ``t >= max_i (mat_i y - rhs_i)`` subject to ``t <= slack``: infeasible means no input of the box
@@ -47,10 +55,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.verifiers.attack import NearestPoints, attack
 from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
                                         load_property, spec_holds)
 from bench.verifiers.worker_process import EXIT_ERROR, Outcome, answer  # noqa: F401
-BOUND_METHODS = {"CROWN": "backward", "IBP": "IBP", "interval": None}
+
+BOUND_METHODS = {"CROWN": "backward", "alpha-CROWN": "CROWN-Optimized", "IBP": "IBP",
+                 "interval": None}
 
 # A spec counts as unreachable only if max_i (mat_i y - rhs_i) > slack everywhere in the box;
 # slack = SLACK_ABS + SLACK_REL * (largest output magnitude). float32 inference differs from exact
@@ -71,6 +82,12 @@ INTERVAL_PAD_REL = 1e-9
 LINEARITY_RTOL = 1e-7
 # A pre-activation bound may not exclude a sampled value by more than this (relative + absolute).
 SAMPLE_SLACK = 1e-6
+# The worker's settings (the milp verifier declares them as its parameters).
+TIGHTENING = ("lp", "none")
+# The attack's defaults are the cascade's attack stage's (``stages.CascadeSettings``, seed 0 too):
+# the same PGD, so that an instance that stage falsifies is falsified here before any MILP runs.
+DEFAULTS = {"bounds": "CROWN", "alpha_iterations": 20, "tighten": "lp", "tighten_share": 0.5,
+            "attack_restarts": 10, "attack_steps": 20, "mip_start": True}
 SAMPLES = 16  # random points of the box (besides the centre) for the sanity checks
 BASIS_CHUNK_VALUES = 1 << 22  # float64 values per batched basis evaluation (32 MB)
 # Leave this much of the time limit for writing the result before the harness's hard timeout.
@@ -107,6 +124,7 @@ class ReluLayer:
     lower: np.ndarray
     upper: np.ndarray
     unstable: np.ndarray  # indices into z's elements
+    z_vars: np.ndarray  # MILP column of each unstable element's pre-activation
     y_vars: np.ndarray  # MILP column of each unstable element's output
     a_vars: np.ndarray  # MILP column of each unstable element's binary
     bounds_source: str  # where the bounds came from
@@ -149,6 +167,7 @@ class Encoding:
         v[: self.n_in] = x
         for layer in self.relus:
             z = evaluate(layer.z, v)
+            v[layer.z_vars] = z[layer.unstable]
             v[layer.y_vars] = np.maximum(z[layer.unstable], 0.0)
             v[layer.a_vars] = (z[layer.unstable] > 0).astype(np.float64)
         return v
@@ -451,24 +470,30 @@ class Encoder:
         active = lower >= 0
         unstable = np.flatnonzero((lower < 0) & (upper > 0))
         count = len(unstable)
-        y_vars = enc.add_vars(np.zeros(count), upper[unstable], integer=False)
+        lz, uz = lower[unstable], upper[unstable]
+        # An unstable pre-activation gets a variable of its own (one dense row defines it), so
+        # that the three big-M rows stay sparse: 3x fewer nonzeros for HiGHS to work through.
+        z_vars = enc.add_vars(lz, uz, integer=False)
+        y_vars = enc.add_vars(np.zeros(count), uz, integer=False)
         a_vars = enc.add_vars(np.zeros(count), np.ones(count), integer=True)
         total = enc.n_vars
         if count:
-            Az = widen(z.A[unstable], total)
-            cz, lz, uz = z.c[unstable], lower[unstable], upper[unstable]
-            pick = sparse.csr_matrix((np.ones(count), (np.arange(count), y_vars)),
-                                     shape=(count, total))
-            binary = sparse.csr_matrix((np.ones(count), (np.arange(count), a_vars)),
-                                       shape=(count, total))
-            inf = np.full(count, np.inf)
+            def columns(index: np.ndarray, values: np.ndarray | float = 1.0):
+                return sparse.csr_matrix((np.broadcast_to(values, (count,)),
+                                          (np.arange(count), index)), shape=(count, total))
+
+            zero, inf = np.zeros(count), np.full(count, np.inf)
+            # z = A v + c
+            cz = z.c[unstable]
+            enc.add_rows(columns(z_vars) - widen(z.A[unstable], total), cz, cz)
             # y >= z
-            enc.add_rows(pick - Az, cz, inf)
+            enc.add_rows(columns(y_vars) - columns(z_vars), zero, inf)
             # y <= z - l (1 - a)
-            enc.add_rows(pick - Az - binary.multiply(lz[:, None]), -inf, cz - lz)
+            enc.add_rows(columns(y_vars) - columns(z_vars) - columns(a_vars, lz), -inf, -lz)
             # y <= u a
-            enc.add_rows(pick - binary.multiply(uz[:, None]), -inf, np.zeros(count))
-        enc.relus.append(ReluLayer(name, z, lower, upper, unstable, y_vars, a_vars, source))
+            enc.add_rows(columns(y_vars) - columns(a_vars, uz), -inf, zero)
+        enc.relus.append(ReluLayer(name, z, lower, upper, unstable, z_vars, y_vars, a_vars,
+                                   source))
         # The output: z where active, the new variable where unstable, 0 where inactive.
         keep = sparse.diags(active.astype(np.float64))
         new_outputs = sparse.csr_matrix((np.ones(count), (unstable, y_vars)),
@@ -552,14 +577,16 @@ def _describe_target(target) -> str:
 class BoundsOracle:
     """Pre-activation bounds for each ReLU, as the encoder reaches it: interval bounds over the
     variables' bounds (float64), intersected with auto_LiRPA's bounds on the ReLU node whose
-    value at the box's centre matches. Every bound is checked against the pre-activation values
-    at the centre and at random points of the box: auto_LiRPA bounds that exclude one are
-    dropped (the interval bounds stay), interval bounds that do are a bug (an error)."""
+    value at the box's centre matches, then (with a ``tightener``) LP-tightened. Every bound is
+    checked against the pre-activation values at the centre and at sampled points of the box
+    (random ones and the attack's): auto_LiRPA or LP bounds that exclude one are dropped (the
+    bounds before them stay), interval bounds that do are a bug (an error)."""
 
     def __init__(self, lirpa_layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
-                 points: np.ndarray, lirpa_note: str):
+                 points: np.ndarray, lirpa_note: str, tightener: "LpTightener | None" = None):
         self.lirpa_layers = lirpa_layers or []  # (value at centre, lower, upper), flat
         self.points = points  # [P, n_in]; row 0 is the centre
+        self.tightener = tightener
         self.used: set[int] = set()
         self.notes: list[str] = [lirpa_note] if lirpa_note else []
 
@@ -567,8 +594,7 @@ class BoundsOracle:
         lb, ub = np.asarray(enc.lb), np.asarray(enc.ub)
         lower, upper = interval_bounds(z, lb, ub)
         values = evaluate(z, np.stack([enc.assignment(p) for p in self.points]))
-        tolerance = SAMPLE_SLACK * (1 + np.abs(values))
-        if np.any(values < lower - tolerance) or np.any(values > upper + tolerance):
+        if _excludes(values, lower, upper):
             raise WorkerError(f"internal error: interval bounds of ReLU {name!r} exclude a "
                               f"sampled value")
         source = "interval"
@@ -579,14 +605,19 @@ class BoundsOracle:
             pad_u = LIRPA_PAD_ABS + LIRPA_PAD_REL * np.abs(u_lirpa)
             new_lower = np.maximum(lower, l_lirpa - pad_l)
             new_upper = np.minimum(upper, u_lirpa + pad_u)
-            if np.all(new_lower <= new_upper) and not (
-                    np.any(values < new_lower - tolerance) or
-                    np.any(values > new_upper + tolerance)):
+            if not _excludes(values, new_lower, new_upper):
                 lower, upper, source = new_lower, new_upper, "interval+auto_LiRPA"
                 self.used.add(match)
             else:
                 self.notes.append(f"auto_LiRPA's bounds of ReLU {name!r} exclude a sampled "
                                   f"value; interval bounds used instead")
+        if self.tightener is not None:
+            new_lower, new_upper = self.tightener(name, z, enc, lower, upper)
+            if not _excludes(values, new_lower, new_upper):
+                lower, upper = new_lower, new_upper
+            else:
+                self.notes.append(f"LP-tightened bounds of ReLU {name!r} exclude a sampled "
+                                  f"value; the bounds before tightening used instead")
         return lower, upper, source
 
     def _match(self, centre_values: np.ndarray) -> int | None:
@@ -598,26 +629,184 @@ class BoundsOracle:
         return found[0] if len(found) == 1 else None
 
 
+def _excludes(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> bool:
+    """Whether bounds are empty somewhere or exclude a sampled value (beyond rounding)."""
+    tolerance = SAMPLE_SLACK * (1 + np.abs(values))
+    return bool(np.any(lower > upper) or np.any(values < lower - tolerance)
+                or np.any(values > upper + tolerance))
+
+
+class LpTightener:
+    """MIPVerify's progressive LP tightening (Tjeng et al. 2019): before a ReLU layer is encoded,
+    each of its unstable pre-activations is minimized and maximized over the LP relaxation of
+    the layers encoded so far (binaries relaxed to [0, 1], i.e. the triangle relaxation with the
+    bounds found so far), so that later layers start from tighter bounds. A neuron whose bounds
+    no longer straddle 0 needs no binary; smaller bounds are smaller big-M constants.
+
+    The bound kept is not the LP's optimum but a weak-duality bound from its dual solution
+    (``dual_bound``: valid for any multipliers), so neither the simplex's tolerances nor a time
+    limit can cut off a real point. The work is limited to ``budget_s`` seconds, shared out
+    progressively: each layer gets the time left divided by the layers left, neurons with the
+    largest relaxation (triangle area) first; those not reached keep their bounds."""
+
+    def __init__(self, budget_s: float, layers: int, deadline: float):
+        self.stop_at = min(time.monotonic() + max(budget_s, 0.0), deadline)
+        self.layers_left = max(layers, 1)
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def seconds(self) -> float:
+        return sum(record["s"] for record in self.records)
+
+    def __call__(self, name: str, z: Expr, enc: Encoding, lower: np.ndarray,
+                 upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        started = time.monotonic()
+        layer_stop = started + max(self.stop_at - started, 0.0) / self.layers_left
+        self.layers_left = max(self.layers_left - 1, 1)
+        unstable = np.flatnonzero((lower < 0) & (upper > 0))
+        record: dict[str, Any] = {"relu": name, "unstable_before": int(len(unstable)), "lps": 0,
+                                  "stabilized": 0, "complete": True}
+        lower, upper = lower.copy(), upper.copy()
+        # Over the input box alone an affine function's interval bounds are already exact.
+        if len(unstable) and z.A[:, enc.n_in:].count_nonzero() and layer_stop > started:
+            record["complete"] = self._tighten(z, enc, unstable, lower, upper, layer_stop,
+                                               record)
+        record["s"] = round(time.monotonic() - started, 4)
+        self.records.append(record)
+        return lower, upper
+
+    def _tighten(self, z: Expr, enc: Encoding, unstable: np.ndarray, lower: np.ndarray,
+                 upper: np.ndarray, stop: float, record: dict) -> bool:
+        relaxation = RelaxedLp(enc)
+        area = -lower[unstable] * upper[unstable] / (upper[unstable] - lower[unstable])
+        for i in unstable[np.argsort(-area, kind="stable")]:
+            row = z.A[i].toarray().reshape(-1)
+            # The side nearer to 0 first: it is the one likely to make the neuron stable.
+            for sign in ((-1.0, 1.0) if upper[i] < -lower[i] else (1.0, -1.0)):
+                if time.monotonic() >= stop:
+                    return False
+                bound = relaxation.minimum(sign * row, stop)
+                record["lps"] += 1
+                if sign > 0:
+                    lower[i] = max(lower[i], bound + z.c[i])
+                else:
+                    upper[i] = min(upper[i], -bound + z.c[i])
+                if lower[i] >= 0 or upper[i] <= 0:
+                    record["stabilized"] += 1
+                    break
+        return True
+
+
+class RelaxedLp:
+    """The LP relaxation of an encoding (binaries relaxed to [0, 1]) in one HiGHS instance, to
+    minimize one linear function after another: only the objective changes, so each solve
+    starts from the last basis."""
+
+    def __init__(self, enc: Encoding):
+        sparse = _sparse()
+        n = enc.n_vars
+        A = sparse.vstack([widen(block, n) for block in enc.rows], format="csr") if enc.rows \
+            else sparse.csr_matrix((0, n))
+        row_lo, row_hi = np.concatenate([[], *enc.row_lo]), np.concatenate([[], *enc.row_hi])
+        col_lo, col_hi = np.asarray(enc.lb), np.asarray(enc.ub)
+        self.h = _highs(0.0)
+        self.h.setOptionValue("presolve", "off")  # keeps the basis from one objective to the next
+        _pass_model(self.h, A, row_lo, row_hi, col_lo, col_hi, np.zeros(n))
+        self.system = DualSystem(A, row_lo, row_hi, col_lo, col_hi)
+        self.columns = np.arange(n, dtype=np.int32)
+
+    def minimum(self, cost: np.ndarray, stop: float) -> float:
+        """A lower bound of ``cost @ v`` over the relaxation (``DualSystem.lower_bound`` of the
+        solver's dual; -inf if it has none), solving until ``stop`` at the latest."""
+        h = self.h
+        cost = np.pad(cost, (0, len(self.columns) - len(cost)))
+        # HiGHS's time limit counts all runs of this instance together.
+        h.setOptionValue("time_limit", h.getRunTime() + max(stop - time.monotonic(), 0.0))
+        h.changeColsCost(len(self.columns), self.columns, cost)
+        h.run()
+        solution = h.getSolution()
+        if not solution.dual_valid:
+            return -np.inf
+        return self.system.lower_bound(cost, solution.row_dual)
+
+
+class DualSystem:
+    """``{v : row_lo <= A v <= row_hi, col_lo <= v <= col_hi}``, to bound linear functions over
+    it from any row multipliers ``y`` (weak duality): for every such ``v``,
+    ``cost @ v = y @ (A v) + (cost - A^T y) @ v``, and each term is bounded below by its row's
+    or its column's bounds. The bound is valid whatever ``y`` is (an inexact or early-stopped
+    dual only makes it weaker), and is padded against float64 rounding."""
+
+    def __init__(self, A, row_lo, row_hi, col_lo, col_hi):
+        self.A, self.AT, self.abs_AT = A, A.T.tocsr(), abs(A).T.tocsr()
+        self.row_lo, self.row_hi, self.col_lo, self.col_hi = row_lo, row_hi, col_lo, col_hi
+        self.col_magnitude = np.maximum(np.abs(col_lo), np.abs(col_hi))
+
+    def lower_bound(self, cost: np.ndarray, row_dual) -> float:
+        y = np.asarray(row_dual, dtype=np.float64).copy()
+        # A multiplier on an infinite side would make the bound -inf: leave that row out.
+        y[~np.isfinite(y) | ((y > 0) & ~np.isfinite(self.row_lo))
+          | ((y < 0) & ~np.isfinite(self.row_hi))] = 0.0
+        reduced = cost - self.AT @ y
+        if np.any((reduced > 0) & ~np.isfinite(self.col_lo)) or \
+                np.any((reduced < 0) & ~np.isfinite(self.col_hi)):
+            return -np.inf
+        row_terms = np.where(y > 0, y * _finite(self.row_lo), y * _finite(self.row_hi))
+        col_terms = np.where(reduced > 0, reduced * _finite(self.col_lo),
+                             reduced * _finite(self.col_hi))
+        magnitude = (np.abs(row_terms).sum()
+                     + (np.abs(cost) + self.abs_AT @ np.abs(y)) @ self.col_magnitude)
+        return float(row_terms.sum() + col_terms.sum() - INTERVAL_PAD_REL * magnitude)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(values), values, 0.0)
+
+
 def lirpa_bounds(network, batch_shape: list[int], outer: tuple[np.ndarray, np.ndarray],
-                 method: str, mode: str) -> tuple[list | None, str]:
+                 method: str, mode: str, spec_rows: np.ndarray | None = None,
+                 alpha_iterations: int = 20, deadline: float = math.inf
+                 ) -> tuple[list | None, str]:
     """auto_LiRPA's bounds on every ReLU input over the (float32, outward-rounded) box, with
     each one's value at the box centre; ``(None, why)`` when auto_LiRPA cannot do it (the
-    encoding then uses interval bounds alone, which is slower but just as exact)."""
+    encoding then uses interval bounds alone, which is slower but just as exact).
+
+    alpha-CROWN optimizes the ReLU slopes (``alpha_iterations`` steps) for the lower bounds of
+    ``spec_rows @ y``, the property's outputs, re-computing the intermediate bounds with them and
+    keeping the best seen for each neuron: those intermediate bounds are what is used here.
+    It stops early at ``deadline`` (``time.monotonic()``): the bounds of any slopes in [0, 1]
+    are sound, so stopping only makes them looser."""
     import torch
 
     try:
         from bench.lirpa_compat import auto_LiRPA as lirpa
 
+        options: dict[str, Any] = {"conv_mode": mode}
+        optimized = method == "alpha-CROWN"
+        if optimized:
+            # Optimizing the intermediate bounds needs dense (not sparse) slopes in 0.3.
+            # A criterion that is a tensor of all True ends the optimization (a bool does not).
+            options.update({"sparse_spec_alpha": False, "sparse_features_alpha": False,
+                            "optimize_bound_args": {
+                                "iteration": alpha_iterations,
+                                "fix_intermediate_layer_bounds": False,
+                                "stop_criterion_func": lambda lower: torch.full(
+                                    lower.shape, time.monotonic() >= deadline)}})
         module = lirpa.BoundedModule(network, torch.zeros(batch_shape), device="cpu",
-                                     verbose=False, bound_opts={"conv_mode": mode})
+                                     verbose=False, bound_opts=options)
         lo = torch.from_numpy(outer[0]).reshape(batch_shape)
         hi = torch.from_numpy(outer[1]).reshape(batch_shape)
         centre = (lo + hi) / 2
         ptb = lirpa.PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
+        C = None
+        if optimized and spec_rows is not None and spec_rows.shape[0]:
+            C = torch.from_numpy(spec_rows.astype(np.float32))[None]
+        # alpha-CROWN needs gradients; the others do not.
+        with torch.enable_grad() if optimized else torch.no_grad():
+            module.compute_bounds(x=(lirpa.BoundedTensor(centre, ptb),), C=C,
+                                  method=BOUND_METHODS[method], bound_upper=not optimized)
+        layers = []
         with torch.no_grad():
-            module.compute_bounds(x=(lirpa.BoundedTensor(centre, ptb),),
-                                  method=BOUND_METHODS[method])
-            layers = []
             for relu in module.relus:
                 node = relu.inputs[0]
                 value = module.get_forward_value(node)
@@ -640,10 +829,54 @@ class SpecOutcome:
     detail: dict = field(default_factory=dict)
 
 
+def _highs(time_limit: float):
+    """A quiet, single-threaded, deterministic HiGHS with a time limit."""
+    import highspy
+
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("random_seed", 0)
+    h.setOptionValue("time_limit", float(max(time_limit, 0.0)))
+    return h
+
+
+def _pass_model(h, A, row_lo, row_hi, col_lo, col_hi, cost, integer=None) -> None:
+    """Minimize ``cost @ v`` subject to ``row_lo <= A v <= row_hi``, ``col_lo <= v <= col_hi``
+    (``integer``: which columns are integer)."""
+    import highspy
+
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
+    lp.col_cost_ = np.asarray(cost, dtype=np.float64)
+    lp.col_lower_, lp.col_upper_ = col_lo, col_hi
+    lp.row_lower_, lp.row_upper_ = row_lo, row_hi
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.start_ = A.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = A.indices.astype(np.int32)
+    lp.a_matrix_.value_ = A.data.astype(np.float64)
+    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = A.shape[1], A.shape[0]
+    if integer is not None and np.any(integer):
+        lp.integrality_ = [highspy.HighsVarType.kInteger if flag else
+                           highspy.HighsVarType.kContinuous for flag in integer]
+    if h.passModel(lp) == highspy.HighsStatus.kError:
+        raise WorkerError("HiGHS rejected the model")
+
+
 def solve_spec(enc: Encoding, mat: np.ndarray, rhs: np.ndarray, slack: float,
-               deadline: float, fixed_pattern: np.ndarray | None = None) -> SpecOutcome:
-    """Minimize ``t`` with ``mat_i y - rhs_i <= t <= slack`` over the encoding. With
-    ``fixed_pattern`` (one 0/1 value per binary) the binaries are fixed: an LP."""
+               deadline: float, fixed_pattern: np.ndarray | None = None,
+               start: np.ndarray | None = None) -> SpecOutcome:
+    """Minimize ``t`` with ``mat_i y - rhs_i <= t <= slack`` over the encoding: infeasible means
+    that no point of the box reaches the spec. With ``fixed_pattern`` (one 0/1 value per binary)
+    the binaries are fixed: an LP.
+
+    ``start`` (an input point of the box: the attack's nearest miss of this spec) is given to
+    HiGHS as a partial starting solution, its activation pattern: HiGHS completes it with the
+    best point of that linear region (one LP). If that point reaches the spec, the search starts
+    from a counterexample and stops at once; if not, HiGHS drops the start and the proof runs
+    as without it. (A start that is feasible whatever it misses the spec by would need the bound
+    ``t <= slack`` dropped, which costs HiGHS its pruning: measured 10 s to infeasible with the
+    bound against no answer in 60 s without it, on a 4-layer MNIST network.)"""
     import highspy
 
     sparse = _sparse()
@@ -661,45 +894,35 @@ def solve_spec(enc: Encoding, mat: np.ndarray, rhs: np.ndarray, slack: float,
     col_lo = np.array([*enc.lb, -np.inf])
     col_hi = np.array([*enc.ub, slack])
     integer = np.array([*enc.integer, False])
+    binaries = np.flatnonzero(integer)
     if fixed_pattern is not None:
-        binaries = np.flatnonzero(integer)
         col_lo[binaries] = col_hi[binaries] = fixed_pattern
         integer[:] = False
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return SpecOutcome("timeout")
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)
-    h.setOptionValue("random_seed", 0)
-    h.setOptionValue("time_limit", float(remaining))
+    h = _highs(remaining)
+    # HiGHS's presolve finds nothing to remove in these encodings and spent seconds on the dense
+    # rows of the first layers (4 of 6 s on a 4-layer MNIST network).
+    h.setOptionValue("presolve", "off")
     # Stop at the first point deep enough inside the unsafe region (see TARGET_FACTOR).
     h.setOptionValue("objective_target", -TARGET_FACTOR * slack)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = total, A.shape[0]
-    lp.col_cost_ = np.eye(1, total, t_col).reshape(-1)
-    lp.col_lower_, lp.col_upper_ = col_lo, col_hi
-    lp.row_lower_, lp.row_upper_ = row_lo, row_hi
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.start_ = A.indptr.astype(np.int32)
-    lp.a_matrix_.index_ = A.indices.astype(np.int32)
-    lp.a_matrix_.value_ = A.data.astype(np.float64)
-    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = total, A.shape[0]
-    if integer.any():
-        lp.integrality_ = [highspy.HighsVarType.kInteger if flag else
-                           highspy.HighsVarType.kContinuous for flag in integer]
-    status = h.passModel(lp)
-    if status == highspy.HighsStatus.kError:
-        raise WorkerError("HiGHS rejected the model")
-    start = time.monotonic()
+    _pass_model(h, A, row_lo, row_hi, col_lo, col_hi, np.eye(1, total, t_col).reshape(-1),
+                integer)
+    detail: dict[str, Any] = {}
+    if start is not None and integer.any():
+        pattern = enc.assignment(start.astype(np.float64))[binaries]
+        status = h.setSolution(len(binaries), binaries.astype(np.int32), pattern)
+        detail["start_accepted"] = status != highspy.HighsStatus.kError
+    started = time.monotonic()
     h.run()
     model_status = h.getModelStatus()
     info = h.getInfo()
-    detail = {"highs_status": h.modelStatusToString(model_status),
-              "solve_s": round(time.monotonic() - start, 4),
-              "columns": total, "rows": int(A.shape[0]),
-              "binaries": int(np.count_nonzero(integer))}
+    detail.update({"highs_status": h.modelStatusToString(model_status),
+                   "solve_s": round(time.monotonic() - started, 4),
+                   "columns": total, "rows": int(A.shape[0]),
+                   "binaries": int(np.count_nonzero(integer))})
     if integer.any():
         detail["nodes"] = int(info.mip_node_count)
     has_point = info.primal_solution_status == 2  # kSolutionStatusFeasible
@@ -718,6 +941,13 @@ def solve_spec(enc: Encoding, mat: np.ndarray, rhs: np.ndarray, slack: float,
         return SpecOutcome("candidate", x, objective, detail)
     if model_status == kinds.kTimeLimit:
         return SpecOutcome("timeout", detail=detail)
+    if start is not None:
+        # A start is a hint and must not cost the answer: HiGHS 1.16 ended a MIP that it was
+        # given a start for with "objective target reached" and no feasible point (a 256x6
+        # MNIST net, as the time ran out). Solve again without it, in the time left.
+        retry = solve_spec(enc, mat, rhs, slack, deadline, fixed_pattern)
+        retry.detail["without_start_after"] = detail["highs_status"]
+        return retry
     raise WorkerError(f"HiGHS ended with {detail['highs_status']} on a spec; no decision")
 
 
@@ -747,87 +977,233 @@ def confirm(reference: Reference, x: np.ndarray, inner,
 def verify(args: argparse.Namespace, deadline: float, stats: dict[str, Any],
            model: LoadedModel | None = None) -> tuple[str, Any]:
     """The answer and, for ``sat``, the confirmed ``(x, y)``; details go into ``stats`` as they
-    happen, so that they survive an ``OutOfTime``. ``model``: the instance's model already
-    loaded (a long-lived worker keeps it)."""
+    happen, so that they survive an ``OutOfTime``: ``phases`` (what the attack, the bounds, the
+    LP tightening and the MILP did and how long each took) and ``decided_by`` (``attack``,
+    ``bounds`` when the tightened bounds alone exclude every spec, or ``milp``). ``model``: the
+    instance's model already loaded (a long-lived worker keeps it)."""
     clock = time.monotonic()
     model = model or LoadedModel(args.onnx)
     rng = np.random.default_rng(0)
-    disjuncts, boxes, _ = load_property(model, args.vnnlib, rng)
-    network, reference, n_in = model.network, model.reference, model.n_in
-    prepared_shape, mode = model.prepared_shape, model.conv_mode
+    disjuncts, boxes, batched = load_property(model, args.vnnlib, rng)
     stats.update({"rewrites": model.rewrites, "disjuncts": len(disjuncts), "bounds": args.bounds,
-                  "load_s": round(time.monotonic() - clock, 4), "encodings": [], "specs": []})
+                  "load_s": round(time.monotonic() - clock, 4), "encodings": [], "specs": [],
+                  "phases": {}})
+    phases = stats["phases"]
+
+    found, nearest = attack_phase(args, model, disjuncts, boxes, batched, deadline, phases)
+    if found is not None:
+        stats["decided_by"] = "attack"
+        return "sat", found
 
     unknown_reasons: list[str] = []
+    milp_used = False
     for index, ((box, specs), (inner, outer)) in enumerate(zip(disjuncts, boxes)):
-        clock = time.monotonic()
-        if args.bounds == "interval":
-            layers, note = None, ""
-        else:
-            layers, note = lirpa_bounds(network, prepared_shape, outer, args.bounds, mode)
-        _check_time(deadline)
-        points = np.concatenate([((box[:, 0] + box[:, 1]) / 2)[None],
-                                 box[:, 0] + (box[:, 1] - box[:, 0]) * rng.random((SAMPLES, n_in))])
-        oracle = BoundsOracle(layers, points, note)
-        enc = Encoder(network.graph, prepared_shape, box, oracle, deadline).encode()
-        _check_encoding(enc, reference, points, inner)
-        slack = output_slack(enc, points)
-        stats["encodings"].append({
-            "disjunct": index, "encode_s": round(time.monotonic() - clock, 4),
-            "relu_layers": len(enc.relus),
-            "unstable": [int(len(layer.unstable)) for layer in enc.relus],
-            "neurons": [int(layer.z.numel) for layer in enc.relus],
-            "bounds_source": [layer.bounds_source for layer in enc.relus],
-            "notes": oracle.notes, "slack": slack})
-
-        # The spec that interval bounds make easiest to reach first: "sat" ends the search.
-        order = sorted(range(len(specs)), key=lambda k: _spec_lower_bound(enc, *specs[k]))
+        enc, slack = encode_disjunct(args, model, index, box, specs, (inner, outer),
+                                     nearest[index], rng, deadline, stats)
+        milp = _add_phase(phases, "milp", {"specs": 0, "nodes": 0})
+        # The spec the attack came closest to first, then the one that the bounds make easiest
+        # to reach: "sat" ends the search.
+        lower_bounds = {k: _spec_lower_bound(enc, *specs[k]) for k in range(len(specs))}
+        if args.tighten == "lp":
+            # These LPs only save MILPs: at most the tightening's share of the time left (one LP
+            # over a deep network's relaxation took a quarter of a minute).
+            stop = time.monotonic() + args.tighten_share * max(deadline - time.monotonic(), 0.0)
+            lp_spec_bounds(enc, specs, lower_bounds, slack, stop, phases)
+        order = sorted(range(len(specs)),
+                       key=lambda k: (nearest[index].excess.get(k, np.inf), lower_bounds[k]))
         for k in order:
             mat, rhs = specs[k]
             record: dict[str, Any] = {"disjunct": index, "spec": k}
             stats["specs"].append(record)
             if mat.shape[0] == 0:
                 # No output constraint: every point of the box is a counterexample.
-                found, _ = confirm(reference, (box[:, 0] + box[:, 1]) / 2, inner, specs)
+                found, _ = confirm(model.reference, (box[:, 0] + box[:, 1]) / 2, inner, specs)
                 if found is not None:
                     record["result"] = "sat"
+                    stats["decided_by"] = "milp"
                     return "sat", found
                 unknown_reasons.append("a spec without output constraints, but no float32 point "
                                        "in its box")
                 continue
-            outcome = solve_spec(enc, mat, rhs, slack, deadline)
+            if lower_bounds[k] > slack:
+                record["result"] = "unsat"
+                record["by"] = "bounds"
+                continue
+            milp_used = True
+            clock = time.monotonic()
+            start = nearest[index].points.get(k) if args.mip_start else None
+            try:
+                outcome = solve_spec(enc, mat, rhs, slack, deadline, start=start)
+            finally:
+                milp["s"] = round(milp["s"] + time.monotonic() - clock, 4)
+                milp["specs"] += 1
             record.update({key: value for key, value in outcome.detail.items()
                            if key != "pattern"})
+            milp["nodes"] += int(outcome.detail.get("nodes", 0))
             if outcome.status == "timeout":
                 raise OutOfTime()
             if outcome.status == "unsat":
                 record["result"] = "unsat"
                 continue
-            found, excess = confirm(reference, outcome.x, inner, specs)
-            record["onnxruntime_excess"] = _finite_or_none(excess)
-            if found is None:
-                # Numerical trouble (a binary within tolerance of 0 or 1 lets y leave the ReLU):
-                # fix the activation pattern and re-solve the LP on that linear region.
-                polished = solve_spec(enc, mat, rhs, slack, deadline,
-                                      fixed_pattern=np.round(outcome.detail["pattern"]))
-                record["polished"] = {key: value for key, value in polished.detail.items()
-                                      if key != "pattern"}
-                if polished.status == "candidate":
-                    found, excess = confirm(reference, polished.x, inner, specs)
-                    record["polished"]["onnxruntime_excess"] = _finite_or_none(excess)
+            found, excess = _confirm_or_polish(enc, model.reference, outcome, mat, rhs, slack,
+                                               inner, specs, deadline, record)
             if found is not None:
                 record["result"] = "sat"
+                stats["decided_by"] = "milp"
                 return "sat", found
             record["result"] = "unknown"
             unknown_reasons.append(
-                f"disjunct {index}, spec {k}: the MILP's point (objective {outcome.objective:.3g}, "
-                f"slack {slack:.3g}) misses the unsafe region by {excess:.3g} under onnxruntime, "
-                f"also after polishing; the property is decided only within floating-point "
-                f"tolerance")
+                f"disjunct {index}, spec {k}: the MILP's point (objective "
+                f"{outcome.objective:.3g}, slack {slack:.3g}) misses the unsafe region by "
+                f"{excess:.3g} under onnxruntime, also after polishing; the property is decided "
+                f"only within floating-point tolerance")
     if unknown_reasons:
         stats["reason"] = unknown_reasons[0]
         return "unknown", None
+    stats["decided_by"] = "milp" if milp_used else "bounds"
     return "unsat", None
+
+
+def attack_phase(args: argparse.Namespace, model: LoadedModel, disjuncts, boxes, batched: bool,
+                 deadline: float, phases: dict) -> tuple[Any, list[NearestPoints]]:
+    """PGD on every disjunct (``bench.verifiers.attack``): a confirmed counterexample, or None;
+    and per disjunct the points nearest to each spec, to start the MILP from."""
+    import torch
+
+    record = _add_phase(phases, "attack", {"restarts": args.attack_restarts,
+                                           "steps": args.attack_steps, "found": False})
+    nearest = [NearestPoints() for _ in disjuncts]
+    if args.attack_restarts <= 0:
+        return None, nearest
+    clock = time.monotonic()
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for (_, specs), (inner, _), near in zip(disjuncts, boxes, nearest):
+            _check_time(deadline)
+            if inner is None:
+                continue  # no float32 input lies in this box: nothing to attack
+            found = attack(model.network, model.reference, inner, specs, model.n_out,
+                           model.prepared_shape, args.attack_steps, args.attack_restarts,
+                           batched, generator, near, stop_at=deadline)
+            if found is not None:
+                record["found"] = True
+                return found, nearest
+    finally:
+        record["s"] = round(time.monotonic() - clock, 4)
+    _check_time(deadline)  # the attack gives up at the deadline without saying so
+    return None, nearest
+
+
+def encode_disjunct(args: argparse.Namespace, model: LoadedModel, index: int, box: np.ndarray,
+                    specs, boxes, near: NearestPoints, rng: np.random.Generator, deadline: float,
+                    stats: dict) -> tuple[Encoding, float]:
+    """The MILP encoding of one disjunct over bounds from auto_LiRPA (``args.bounds``) and LP
+    tightening (``args.tighten``), and the slack of its specs; recorded in ``stats``."""
+    (inner, outer), phases = boxes, stats["phases"]
+    clock = time.monotonic()
+    bounds = _add_phase(phases, "bounds", {"method": args.bounds})
+    layers, note = None, ""
+    if args.bounds != "interval":
+        spec_rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, model.n_out)
+        layers, note = lirpa_bounds(model.network, model.prepared_shape, outer, args.bounds,
+                                    model.conv_mode, spec_rows, args.alpha_iterations,
+                                    deadline)
+    bounds["s"] = round(bounds["s"] + time.monotonic() - clock, 4)
+    _check_time(deadline)
+    n_in = model.n_in
+    # Sanity-check points: the centre, random points and the attack's nearest misses (close to
+    # the decision boundary, where a wrong bound would show first).
+    near_points = [np.clip(p.astype(np.float64), box[:, 0], box[:, 1])
+                   for p in near.points.values()]
+    points = np.concatenate([((box[:, 0] + box[:, 1]) / 2)[None],
+                             box[:, 0] + (box[:, 1] - box[:, 0]) * rng.random((SAMPLES, n_in)),
+                             np.reshape(near_points, (-1, n_in))])
+    tightener = None
+    if args.tighten == "lp":
+        relu_layers = len(layers) if layers else _relu_modules(model.network)
+        tightener = LpTightener(args.tighten_share * (deadline - time.monotonic()), relu_layers,
+                                deadline)
+    oracle = BoundsOracle(layers, points, note, tightener)
+    try:
+        enc = Encoder(model.network.graph, model.prepared_shape, box, oracle, deadline).encode()
+    finally:
+        if tightener is not None:
+            tightening = _add_phase(phases, "tightening", {"lps": 0, "stabilized": 0})
+            tightening["s"] = round(tightening["s"] + tightener.seconds, 4)
+            tightening["lps"] += sum(record["lps"] for record in tightener.records)
+            tightening["stabilized"] += sum(record["stabilized"] for record in tightener.records)
+    _check_encoding(enc, model.reference, points, inner)
+    slack = output_slack(enc, points)
+    stats["encodings"].append({
+        "disjunct": index, "encode_s": round(time.monotonic() - clock, 4),
+        "relu_layers": len(enc.relus),
+        "unstable": [int(len(layer.unstable)) for layer in enc.relus],
+        "neurons": [int(layer.z.numel) for layer in enc.relus],
+        "bounds_source": [layer.bounds_source for layer in enc.relus],
+        "lp_tightening": tightener.records if tightener is not None else [],
+        "notes": oracle.notes, "slack": slack})
+    return enc, slack
+
+
+def lp_spec_bounds(enc: Encoding, specs, lower_bounds: dict[int, float], slack: float,
+                   stop: float, phases: dict) -> None:
+    """Raise ``lower_bounds[k]`` (of spec k's excess ``max_i (mat_i y - rhs_i)``) to the LP
+    relaxation's bound of each row, for the specs that interval bounds leave open: a spec whose
+    bound passes the slack needs no MILP. The LPs stop at ``stop`` (``time.monotonic()``); the
+    rows not reached keep their bounds."""
+    open_specs = [k for k, bound in lower_bounds.items()
+                  if bound <= slack and specs[k][0].shape[0]]
+    if not open_specs:
+        return
+    clock = time.monotonic()
+    record = _add_phase(phases, "tightening", {"lps": 0, "stabilized": 0})
+    try:
+        relaxation = RelaxedLp(enc)
+        out = enc.output
+        for k in open_specs:
+            mat, rhs = specs[k]
+            rows = _sparse().csr_matrix(mat) @ out.A
+            for i in range(mat.shape[0]):
+                if time.monotonic() >= stop:
+                    return
+                bound = relaxation.minimum(rows[i].toarray().reshape(-1), stop)
+                record["lps"] += 1
+                excess = bound + float(mat[i] @ out.c) - float(rhs[i])
+                lower_bounds[k] = max(lower_bounds[k], excess)
+                if lower_bounds[k] > slack:
+                    break
+    finally:
+        record["s"] = round(record["s"] + time.monotonic() - clock, 4)
+
+
+def _confirm_or_polish(enc: Encoding, reference: Reference, outcome: SpecOutcome, mat, rhs,
+                       slack: float, inner, specs, deadline: float, record: dict):
+    """The MILP's point confirmed by onnxruntime, else the point of an LP over its activation
+    pattern; ``(found or None, excess)`` as ``confirm`` gives them."""
+    found, excess = confirm(reference, outcome.x, inner, specs)
+    record["onnxruntime_excess"] = _finite_or_none(excess)
+    if found is None:
+        # Numerical trouble (a binary within tolerance of 0 or 1 lets y leave the ReLU): fix
+        # the activation pattern and re-solve the LP on that linear region.
+        polished = solve_spec(enc, mat, rhs, slack, deadline,
+                              fixed_pattern=np.round(outcome.detail["pattern"]))
+        record["polished"] = {key: value for key, value in polished.detail.items()
+                              if key != "pattern"}
+        if polished.status == "candidate":
+            found, excess = confirm(reference, polished.x, inner, specs)
+            record["polished"]["onnxruntime_excess"] = _finite_or_none(excess)
+    return found, excess
+
+
+def _add_phase(phases: dict, name: str, fields: dict) -> dict:
+    """``phases[name]``, created with ``s = 0`` and ``fields`` the first time."""
+    return phases.setdefault(name, {"s": 0.0, **fields})
+
+
+def _relu_modules(network) -> int:
+    import torch
+
+    return sum(isinstance(module, torch.nn.ReLU) for module in network.modules())
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -885,16 +1261,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--timeout", type=float, required=True,
                         help="seconds, counted from this process's start")
-    parser.add_argument("--bounds", choices=list(BOUND_METHODS), default="CROWN",
+    parser.add_argument("--bounds", choices=list(BOUND_METHODS), default=DEFAULTS["bounds"],
                         help="auto_LiRPA's bounds to tighten the big-M constants, or interval only")
+    parser.add_argument("--alpha-iterations", type=int, default=DEFAULTS["alpha_iterations"],
+                        help="optimization steps of alpha-CROWN")
+    parser.add_argument("--tighten", choices=TIGHTENING, default=DEFAULTS["tighten"],
+                        help="lp: tighten unstable neurons' bounds by LP, layer by layer")
+    parser.add_argument("--tighten-share", type=float, default=DEFAULTS["tighten_share"],
+                        help="at most this share of the time left goes to LP tightening")
+    parser.add_argument("--attack-restarts", type=int, default=DEFAULTS["attack_restarts"],
+                        help="PGD restarts before the MILP (0: no attack)")
+    parser.add_argument("--attack-steps", type=int, default=DEFAULTS["attack_steps"])
+    parser.add_argument("--mip-start", action=argparse.BooleanOptionalAction,
+                        default=DEFAULTS["mip_start"],
+                        help="start HiGHS from the attack's nearest miss of each spec")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, deadline: float, model: LoadedModel | None = None) -> Outcome:
     """One instance, as the worker answers it (``worker_process.answer``): ``verify`` with its
     time limit at ``deadline`` (``time.monotonic()``); running out of time is ``timeout``."""
+    # Checked here, not by the parser: the persistent worker parses too, and must not exit.
     if not args.timeout > 0:
         raise WorkerError(f"--timeout must be positive, got {args.timeout}")
+    if args.alpha_iterations < 1 or args.attack_restarts < 0 or args.attack_steps < 0 or \
+            not 0 <= args.tighten_share <= 1:
+        raise WorkerError("--alpha-iterations must be >= 1, --attack-restarts and "
+                          "--attack-steps >= 0, --tighten-share in [0, 1]")
     stats: dict[str, Any] = {"bounds": args.bounds}
     try:
         status, cex = verify(args, deadline, stats, model)

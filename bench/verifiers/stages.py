@@ -16,7 +16,7 @@ recorded as the result's ``decided_by``:
   it only decides fewer instances).
 - ``attack``: PGD from ``attack_restarts`` starting points (the box centre and random points),
   ``attack_steps`` signed-gradient steps each, on a margin loss (how far the outputs are from the
-  nearest spec's unsafe region; ``bench.verifiers._lirpa_main.attack``). A point is reported only
+  nearest spec's unsafe region; ``bench.verifiers.attack``). A point is reported only
   once onnxruntime confirms that it lies in the box and reaches the unsafe region exactly.
 - ``bounds``: auto_LiRPA's IBP, then CROWN, then alpha-CROWN (``alpha_iterations`` steps, stopped
   early once every bound is positive), each tried only on the disjuncts the previous ones left
@@ -202,7 +202,7 @@ def _clean(model, disjuncts, boxes, eps: float | None):
 def _attack(model, disjuncts, boxes, batched: bool, settings: CascadeSettings):
     import torch
 
-    from bench.verifiers._lirpa_main import attack
+    from bench.verifiers.attack import attack
 
     generator = torch.Generator().manual_seed(settings.seed)
     for (box, specs), (inner, _) in zip(disjuncts, boxes):
