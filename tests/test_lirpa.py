@@ -337,6 +337,40 @@ def test_alpha_crown_improves_on_crown_and_stays_sound(tmp_path, one_thread):
     assert np.all(alpha[:, None] <= values + 1e-5)
 
 
+def test_a_failed_bound_leaves_no_state_behind(tmp_path, monkeypatch):
+    """A persistent worker keeps one bounded module per model. When a computation fails (on the
+    FGSM study models, auto_LiRPA 0.3's sparse alpha failed with "shape mismatch"), the next box
+    must get a clean module: before, the leftover state made the next CROWN fail too, and 121 of
+    200 instances of one level became errors."""
+    from bench.verifiers.onnx_torch import LoadedModel
+
+    shape = (1, 8, 8)
+    model = _mlp(4, channels=shape[0], side=shape[1])
+    onnx_path = tmp_path / "mlp.onnx"
+    _export(model, shape, onnx_path)
+    x = _point(np.random.default_rng(4), shape)
+    label = int(np.argmax(_logits(model, x)))
+    lo, hi = _box(x, 0.02)
+    rows = np.delete(np.eye(NUM_CLASSES)[label] - np.eye(NUM_CLASSES), label, axis=0)
+    loaded = LoadedModel(onnx_path)
+    bounder = worker.Bounder(loaded.network, loaded.prepared_shape, loaded.conv_mode)
+    samples = bounder.samples((lo.astype(np.float32), hi.astype(np.float32)))
+    expected = bounder.lower_bounds(samples, rows, "CROWN")
+    poisoned = bounder.module
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("shape mismatch: value tensor of shape [9, 1, 64]")
+
+    monkeypatch.setattr(poisoned, "compute_bounds", fail)
+    with pytest.raises(worker.WorkerError, match="shape mismatch"):
+        bounder.lower_bounds(samples, rows, "alpha-CROWN")
+    assert bounder.module is not poisoned
+    assert np.allclose(bounder.lower_bounds(samples, rows, "CROWN"), expected)
+    # Dense slopes for alpha-CROWN: the sparse ones failed on boxes whose unstable set changed.
+    assert bounder.module.bound_opts["sparse_features_alpha"] is False
+    assert bounder.module.bound_opts["sparse_spec_alpha"] is False
+
+
 def _batch_logits(model: nn.Module, points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     with torch.no_grad():
         return model(torch.as_tensor(points, dtype=torch.float32).reshape(-1, *shape)).numpy()

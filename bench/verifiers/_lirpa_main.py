@@ -70,12 +70,22 @@ class Bounder:
         self.auto_LiRPA = auto_LiRPA
         self.network, self.batch_shape = network, batch_shape
         self.batched = batched  # whether the network computes a batch correctly
+        self.mode = mode
+        self.module = self._trace()
+
+    def _trace(self):
+        import torch
+
+        lirpa = self.auto_LiRPA
+        # Dense slopes: 0.3's sparse alpha (per unstable neuron) failed with "shape mismatch" on
+        # boxes whose unstable set differed from the one its slopes were built for.
+        options = {"conv_mode": self.mode, "sparse_spec_alpha": False,
+                   "sparse_features_alpha": False}
         try:
-            self.module = auto_LiRPA.BoundedModule(network, torch.zeros(batch_shape),
-                                                   device="cpu", verbose=False,
-                                                   bound_opts={"conv_mode": mode})
+            return lirpa.BoundedModule(self.network, torch.zeros(self.batch_shape),
+                                       device="cpu", verbose=False, bound_opts=options)
         except Exception as err:
-            raise WorkerError(f"auto_LiRPA {auto_LiRPA.__version__} cannot trace the converted "
+            raise WorkerError(f"auto_LiRPA {lirpa.__version__} cannot trace the converted "
                               f"model: {type(err).__name__}: {first_line(err)}") from None
 
     def samples(self, outer: tuple[np.ndarray, np.ndarray]) -> "Samples":
@@ -120,6 +130,9 @@ class Bounder:
                 x=(lirpa.BoundedTensor((lo + hi) / 2, ptb),), C=C, method=METHODS[method],
                 bound_upper=method == "IBP")  # auto_LiRPA's IBP computes both anyway
         except Exception as err:
+            # A failed computation can leave state behind in the module (slopes, bounds of the
+            # last box) that makes the next box fail too: the next call gets a fresh module.
+            self.module = self._trace()
             raise WorkerError(f"auto_LiRPA {lirpa.__version__} cannot bound the converted "
                               f"model with {method}: {type(err).__name__}: "
                               f"{first_line(err)}") from None
