@@ -311,23 +311,30 @@ def test_alpha_slopes_stay_in_the_unit_interval_and_get_a_gradient():
     assert slope.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 
-def test_alpha_crown_improves_on_crown_and_stays_sound(tmp_path, one_thread):
-    """With the slopes free to move, alpha-CROWN's bounds are CROWN's or better (on some row
-    strictly), and never above the network's value at a sampled point of the box."""
+def _mlp_bounder(tmp_path: Path, seed: int, eps: float = 0.02):
+    """A small MLP exported to ONNX, its Bounder, and a robustness box around a random point:
+    ``(model, shape, rng, lo, hi, rows, bounder, samples)``."""
     from bench.verifiers.onnx_torch import LoadedModel
 
     shape = (1, 8, 8)
-    model = _mlp(3, channels=shape[0], side=shape[1])
+    model = _mlp(seed, channels=shape[0], side=shape[1])
     onnx_path = tmp_path / "mlp.onnx"
     _export(model, shape, onnx_path)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     x = _point(rng, shape)
     label = int(np.argmax(_logits(model, x)))
-    lo, hi = _box(x, 0.02)
+    lo, hi = _box(x, eps)
     rows = np.delete(np.eye(NUM_CLASSES)[label] - np.eye(NUM_CLASSES), label, axis=0)
     loaded = LoadedModel(onnx_path)
     bounder = worker.Bounder(loaded.network, loaded.prepared_shape, loaded.conv_mode)
     samples = bounder.samples((lo.astype(np.float32), hi.astype(np.float32)))
+    return model, shape, rng, lo, hi, rows, bounder, samples
+
+
+def test_alpha_crown_improves_on_crown_and_stays_sound(tmp_path, one_thread):
+    """With the slopes free to move, alpha-CROWN's bounds are CROWN's or better (on some row
+    strictly), and never above the network's value at a sampled point of the box."""
+    model, shape, rng, lo, hi, rows, bounder, samples = _mlp_bounder(tmp_path, 3)
     crown = bounder.lower_bounds(samples, rows, "CROWN")
     alpha = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=20)
     assert np.all(alpha >= crown - 1e-5), (alpha, crown)
@@ -342,19 +349,7 @@ def test_a_failed_bound_leaves_no_state_behind(tmp_path, monkeypatch):
     FGSM study models, auto_LiRPA 0.3's sparse alpha failed with "shape mismatch"), the next box
     must get a clean module: before, the leftover state made the next CROWN fail too, and 121 of
     200 instances of one level became errors."""
-    from bench.verifiers.onnx_torch import LoadedModel
-
-    shape = (1, 8, 8)
-    model = _mlp(4, channels=shape[0], side=shape[1])
-    onnx_path = tmp_path / "mlp.onnx"
-    _export(model, shape, onnx_path)
-    x = _point(np.random.default_rng(4), shape)
-    label = int(np.argmax(_logits(model, x)))
-    lo, hi = _box(x, 0.02)
-    rows = np.delete(np.eye(NUM_CLASSES)[label] - np.eye(NUM_CLASSES), label, axis=0)
-    loaded = LoadedModel(onnx_path)
-    bounder = worker.Bounder(loaded.network, loaded.prepared_shape, loaded.conv_mode)
-    samples = bounder.samples((lo.astype(np.float32), hi.astype(np.float32)))
+    *_, rows, bounder, samples = _mlp_bounder(tmp_path, 4)
     expected = bounder.lower_bounds(samples, rows, "CROWN")
     poisoned = bounder.module
 
