@@ -53,6 +53,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable, Generic, Iterator, TypeVar
 
 _PR_SET_CHILD_SUBREAPER = 36
 STARTUP_TIMEOUT = 60.0  # seconds for a supervisor to start a tool (the first time: a fresh Python)
@@ -493,56 +494,86 @@ class _Handle:
         self.control = self.report = -1
 
 
-_LOCK = threading.Lock()
-_IDLE: list[_Handle] = []  # supervisors waiting for their next tool (while reusing)
+T = TypeVar("T")
+
+
+class ReusePool(Generic[T]):
+    """Long-lived helpers (supervisors here, persistent verifier workers in
+    ``bench.verifiers.engine``) that a process keeps for its next use while a ``keeping()`` block
+    is open, or for the rest of its life after ``keep_for_life()``. ``checkout`` hands out an idle
+    one this process owns and ``usable`` accepts, else ``make()`` a new one; ``give_back`` keeps it
+    while kept, else closes it; the last ``keeping`` block closes the idle ones. In a forked child
+    the idle ones are the parent's: ``after_fork`` forgets them (``forget``) without a word."""
+
+    def __init__(self, make: Callable[[], T], *, close: Callable[[T], None],
+                 forget: Callable[[T], None], usable: Callable[[T], bool] = lambda item: True):
+        self._make, self._close, self._forget, self._usable = make, close, forget, usable
+        self._lock = threading.Lock()
+        self._idle: list[T] = []
+        self._keepers = 0
+        self._for_life = False
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[None]:
+        with self._lock:
+            self._keepers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._keepers -= 1
+                idle = self._idle[:] if self._keepers == 0 else []
+                if idle:
+                    self._idle.clear()
+            for item in idle:
+                self._close(item)
+
+    def keep_for_life(self) -> None:
+        with self._lock:
+            if not self._for_life:
+                self._for_life = True
+                self._keepers += 1
+
+    def checkout(self) -> T:
+        with self._lock:
+            while self._idle:
+                item = self._idle.pop()
+                if item.owner == os.getpid() and self._usable(item):
+                    return item
+        return self._make()
+
+    def give_back(self, item: T) -> None:
+        with self._lock:
+            if self._keepers > 0 and item.owner == os.getpid():
+                self._idle.append(item)
+                return
+        self._close(item)
+
+    def after_fork(self) -> None:
+        for item in self._idle:
+            self._forget(item)
+        self._idle.clear()
+        self._keepers, self._for_life = 0, False
+
+
 _LIVE: set[_Handle] = set()  # every supervisor this process holds
-_REUSERS = 0  # how many ``reusing_supervisors`` blocks are open
+_POOL: ReusePool[_Handle] = ReusePool(
+    lambda: _Handle(), close=_Handle.close, forget=_Handle.drop_in_fork,
+    usable=lambda handle: handle.process.poll() is None)
 
 
-@contextlib.contextmanager
 def reusing_supervisors():
     """Inside, a supervisor is kept after its tool and used for the next one (a runner's, a
     worker's lifetime); on the way out the idle ones are ended. Outside, each tool gets a
     supervisor of its own, ended with it."""
-    global _REUSERS
-    with _LOCK:
-        _REUSERS += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _REUSERS -= 1
-            idle = _IDLE[:] if _REUSERS == 0 else []
-            if idle:
-                _IDLE.clear()
-        for handle in idle:
-            handle.close()
-
-
-def _checkout() -> _Handle:
-    with _LOCK:
-        while _IDLE:
-            handle = _IDLE.pop()
-            if handle.owner == os.getpid() and handle.process.poll() is None:
-                return handle
-    return _Handle()
-
-
-def _give_back(handle: _Handle) -> None:
-    with _LOCK:
-        if _REUSERS > 0 and handle.owner == os.getpid():
-            _IDLE.append(handle)
-            return
-    handle.close()
+    return _POOL.keeping()
 
 
 def _after_fork() -> None:
-    global _REUSERS
     for handle in list(_LIVE):
         handle.drop_in_fork()
     _LIVE.clear()
-    _IDLE.clear()
-    _REUSERS = 0
+    _POOL.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -564,7 +595,7 @@ class Supervised:
         self.returncode: int | None = None
         self.ended = 0.0
         self.leftovers = 0
-        self._handle: _Handle | None = _checkout()
+        self._handle: _Handle | None = _POOL.checkout()
         request = {"argv": [os.fspath(arg) for arg in argv], "env": dict(env),
                    "cwd": os.path.abspath(cwd) if cwd is not None else os.getcwd(),
                    "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)}
@@ -575,7 +606,7 @@ class Supervised:
             self.abort()
             raise
         if event is not None and event[0] == "failed":
-            _give_back(self._handle)
+            _POOL.give_back(self._handle)
             self._handle = None
             errno = int(event[1])
             raise OSError(errno, " ".join(event[2:]) or os.strerror(errno), str(argv[0]))
@@ -619,7 +650,7 @@ class Supervised:
         if event is None or event[0] != "done":
             raise SupervisorLost("the supervisor did not finish cleaning up")
         self.leftovers = int(event[1])
-        _give_back(self._handle)
+        _POOL.give_back(self._handle)
         self._handle = None
         return self.leftovers
 

@@ -26,7 +26,6 @@ closed when it ends; outside it each instance gets a worker of its own, closed a
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -35,14 +34,13 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bench.formats.folder import Instance
-from bench.supervisor import Supervised, SupervisorLost
+from bench.supervisor import ReusePool, Supervised, SupervisorLost
 from bench.verifiers.base import Status, Verdict, Verifier
 from bench.verifiers.harness import (RunRecord, blank_record, check_cex, describe, finish_record,
                                      fresh_workdir, high_water_rss, last_line, parsed_record,
@@ -195,70 +193,29 @@ class Engine:
 
 # --------------------------------------------------------------------------- the pool
 
-_LOCK = threading.Lock()
-_IDLE: list[Engine] = []
-_KEEPERS = 0
-_KEPT_FOR_LIFE = False
+def _forget(engine: Engine) -> None:
+    if engine.conn is not None:
+        engine.conn.close()
 
 
-@contextlib.contextmanager
-def keeping_engines() -> Iterator[None]:
+_POOL: ReusePool[Engine] = ReusePool(Engine, close=Engine.close, forget=_forget)
+
+
+def keeping_engines():
     """Inside, a worker is kept after its instance for the next one (a runner's, a pool
     worker's lifetime); on the way out the idle ones are closed."""
-    global _KEEPERS
-    with _LOCK:
-        _KEEPERS += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _KEEPERS -= 1
-            idle = _IDLE[:] if _KEEPERS == 0 else []
-            if idle:
-                _IDLE.clear()
-        for engine in idle:
-            engine.close()
+    return _POOL.keeping()
 
 
 def keep_engines() -> None:
     """From now on this process keeps its workers until it exits (a Ray worker process, which
     runs task after task); they die with it."""
-    global _KEEPERS, _KEPT_FOR_LIFE
-    with _LOCK:
-        if not _KEPT_FOR_LIFE:
-            _KEPT_FOR_LIFE = True
-            _KEEPERS += 1
-
-
-def _checkout() -> Engine:
-    with _LOCK:
-        while _IDLE:
-            engine = _IDLE.pop()
-            if engine.owner == os.getpid():
-                return engine
-    return Engine()
-
-
-def _give_back(engine: Engine) -> None:
-    with _LOCK:
-        if _KEEPERS > 0 and engine.owner == os.getpid():
-            _IDLE.append(engine)
-            return
-    engine.close()
-
-
-def _after_fork() -> None:
-    """In a forked child the workers are the parent's: forget them without a word."""
-    global _KEEPERS, _KEPT_FOR_LIFE
-    for engine in _IDLE:
-        if engine.conn is not None:
-            engine.conn.close()
-    _IDLE.clear()
-    _KEEPERS, _KEPT_FOR_LIFE = 0, False
+    _POOL.keep_for_life()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    # In a forked child the workers are the parent's: forget them without a word.
+    os.register_at_fork(after_in_child=_POOL.after_fork)
 
 
 # --------------------------------------------------------------------------- one instance
@@ -307,7 +264,7 @@ def run_in_engine(verifier: Verifier, instance: Instance, log_dir: Path, *,
          "# the cascade's cheap stages only") + "\n")
 
     try:
-        engine = _checkout()
+        engine = _POOL.checkout()
     except EngineUnavailable as err:
         return EngineRun(finish_record(record, Status.ERROR, str(err)))
     started = time.monotonic()
@@ -334,7 +291,7 @@ def run_in_engine(verifier: Verifier, instance: Instance, log_dir: Path, *,
             wall_time=record.wall_time, elapsed=elapsed, by_tool=tool)
     elapsed = time.monotonic() - started
     wall = elapsed + engine.take_startup()
-    _give_back(engine)
+    _POOL.give_back(engine)
     run = _interpret(verifier, instance, record, workdir, reply, wall, tool)
     run.elapsed = elapsed
     return run
