@@ -344,6 +344,43 @@ def test_alpha_crown_improves_on_crown_and_stays_sound(tmp_path, one_thread):
     assert np.all(alpha[:, None] <= values + 1e-5)
 
 
+def _count_alpha_steps(bounder) -> list:
+    """A list that grows by one per alpha-CROWN step of ``bounder`` (auto_LiRPA asks the stop
+    criterion once per step)."""
+    steps: list = []
+    set_options = bounder.module.set_bound_opts
+
+    def counting(options):
+        criterion = options.get("optimize_bound_args", {}).get("stop_criterion_func")
+        if criterion is not None:
+            def counted(lower):
+                steps.append(1)
+                return criterion(lower)
+            options["optimize_bound_args"]["stop_criterion_func"] = counted
+        return set_options(options)
+
+    bounder.module.set_bound_opts = counting
+    return steps
+
+
+def test_alpha_crown_stops_once_every_bound_clears_its_target(tmp_path, one_thread):
+    """The cascade and the lirpa verifier only need each bound past its right-hand side: once
+    all are, further steps are wasted. On the demo, alpha-CROWN ran all 20 steps on every
+    property it proved (about 7 s each), because auto_LiRPA 0.3 stops only on a criterion that
+    is a tensor, not a bool."""
+    *_, rows, bounder, samples = _mlp_bounder(tmp_path, 3)
+    crown = bounder.lower_bounds(samples, rows, "CROWN")
+    steps = _count_alpha_steps(bounder)
+    best = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=200)
+    unstopped = len(steps)
+    target = crown + (best - crown) / 2 - 1e-4  # halfway: reached long before the best bound
+    steps.clear()
+    stopped = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=200,
+                                   stop_above=target)
+    assert np.all(stopped > target)
+    assert len(steps) < unstopped / 4, (len(steps), unstopped)
+
+
 def test_a_failed_bound_leaves_no_state_behind(tmp_path, monkeypatch):
     """A persistent worker keeps one bounded module per model. When a computation fails (on the
     FGSM study models, auto_LiRPA 0.3's sparse alpha failed with "shape mismatch"), the next box

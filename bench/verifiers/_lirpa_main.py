@@ -121,10 +121,12 @@ class Bounder:
             threshold = None if stop_above is None else torch.from_numpy(
                 stop_above.astype(np.float32))[None]
             # Set on every call: the module keeps its options from one call to the next.
+            # auto_LiRPA 0.3 ends the optimization only when the criterion is a tensor that is
+            # all True; a bool merely zeroes the loss and every iteration still runs.
             self.module.set_bound_opts({"optimize_bound_args": {
                 "iteration": ALPHA_ITERATIONS if iterations is None else int(iterations),
                 "stop_criterion_func": (lambda lower: False) if threshold is None else
-                (lambda lower: bool((lower > threshold).all()))}})
+                (lambda lower: lower - threshold > PROOF_MARGIN_REL * lower.abs())}})
         try:
             lower, _ = self.module.compute_bounds(
                 x=(lirpa.BoundedTensor((lo + hi) / 2, ptb),), C=C, method=METHODS[method],
@@ -187,6 +189,13 @@ def proved(lower: np.ndarray, specs) -> bool:
     return True
 
 
+def stop_target(specs) -> np.ndarray:
+    """Per row of ``specs``: the bound past which alpha-CROWN may stop optimizing it, its
+    right-hand side plus twice ``PROOF_MARGIN`` (``lower_bounds`` adds ``PROOF_MARGIN_REL``),
+    so that a stopped bound is one ``beats`` accepts."""
+    return np.concatenate([rhs for _, rhs in specs]) + 2 * PROOF_MARGIN
+
+
 def beats(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Which lower bounds exceed their right-hand side by ``PROOF_MARGIN`` plus
     ``PROOF_MARGIN_REL`` of their own size (float32 rounding grows with the outputs)."""
@@ -232,7 +241,8 @@ def verify(args: argparse.Namespace, model: LoadedModel | None = None
         rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, n_out)
         if rows.shape[0] == 0 or any(mat.shape[0] == 0 for mat, _ in specs):
             break  # a spec without output constraints cannot be excluded by bounds
-        lower = bounder.lower_bounds(bounder.samples(outer), rows, args.method)
+        lower = bounder.lower_bounds(bounder.samples(outer), rows, args.method,
+                                     stop_above=stop_target(specs))
         if not proved(lower, specs):
             break  # one open disjunct decides "unknown"; the rest need not be bounded
         proved_count += 1

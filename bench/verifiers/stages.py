@@ -219,7 +219,7 @@ def _attack(model, disjuncts, boxes, batched: bool, settings: CascadeSettings):
 def _bounds(model, disjuncts, boxes, batched: bool, settings: CascadeSettings, deadline: float,
             outcome: CascadeOutcome):
     """IBP, CROWN, alpha-CROWN in turn on the disjuncts still open; ``unsat`` once none is."""
-    from bench.verifiers._lirpa_main import PROOF_MARGIN, bounder_for, proved
+    from bench.verifiers._lirpa_main import bounder_for, proved, stop_target
     from bench.verifiers.onnx_torch import WorkerError
 
     open_disjuncts = []
@@ -228,8 +228,7 @@ def _bounds(model, disjuncts, boxes, batched: bool, settings: CascadeSettings, d
             return None  # a spec without output constraints cannot be excluded by bounds
         rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, model.n_out)
         # alpha-CROWN stops once every row clears its right-hand side with room to spare.
-        target = np.concatenate([r for _, r in specs]) + 2 * PROOF_MARGIN
-        open_disjuncts.append((specs, outer, rows, target))
+        open_disjuncts.append((specs, outer, rows, stop_target(specs)))
     try:
         bounder = bounder_for(model, batched)
         samples = [bounder.samples(outer) for _, outer, _, _ in open_disjuncts]
