@@ -27,7 +27,7 @@ from bench.run.results import read_rows
 from bench.run.runner import run_benchmarks
 from bench.verifiers import VERIFIERS, Parameter, Verdict
 from bench.verifiers.milp import Milp
-from bench.verifiers.stages import DECIDED_BY, LOAD, VERIFIER_STAGE, CascadeSettings
+from bench.verifiers.stages import DECIDED_BY, LOAD, VERIFIER_STAGE, CascadeSettings, plan
 from bench.verifiers.worker import OwnWorker, parse_worker_output
 
 TESTS = Path(__file__).resolve().parent
@@ -149,6 +149,28 @@ def test_stage_times_startup_and_the_summary(runs):
     assert "decided by (cascade clean,attack,bounds, then the verifier): " in text
     assert f"tool start-up (interpreter, imports, model loading): " \
            f"{summary.startup_seconds:.1f} s of the instances' {summary.tool_seconds:.1f} s" in text
+
+
+def test_quick_bounds_run_before_the_attack_and_alpha_crown_after_it(runs):
+    """IBP and CROWN take milliseconds, as the attack does, and prove most robust samples: they
+    go first, so that no proved sample pays for an attack; alpha-CROWN (seconds) only after the
+    attack has had its chance."""
+    seen = set()
+    for row in runs["cascade"]["rows"].values():
+        times, by = json.loads(row["stage_times"]), row["decided_by"]
+        if by in ("bounds:IBP", "bounds:CROWN"):
+            assert "attack" not in times, row
+        if by == "attack":
+            assert {"bounds:IBP", "bounds:CROWN"} <= set(times), row
+            assert "bounds:alpha-CROWN" not in times, row
+        if by in ("bounds:alpha-CROWN", VERIFIER_STAGE):
+            assert "attack" in times, row
+        seen.add(by)
+    assert {"attack", "bounds:IBP"} <= seen or {"attack", "bounds:CROWN"} <= seen, seen
+    # An order the user gives is kept: bounds before the attack runs all of them first.
+    assert plan(("clean", "bounds", "attack")) == [
+        ("clean", ()), ("bounds", ("IBP", "CROWN", "alpha-CROWN")), ("attack", ())]
+    assert plan(("attack",)) == [("attack", ())]
 
 
 def _engine_facts(row: dict) -> dict:

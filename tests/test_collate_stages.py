@@ -23,7 +23,7 @@ ROWS = [
 
 def test_counts_shares_and_time_per_stage_in_running_order():
     table = {row[0]: row[1:] for row in stage_rows(ROWS)}
-    assert list(table) == ["load", "clean", "attack", "bounds:IBP", "bounds:CROWN",
+    assert list(table) == ["load", "clean", "bounds:IBP", "bounds:CROWN", "attack",
                            "bounds:alpha-CROWN", "verifier", "(undecided)"]
     assert table["clean"] == ["1", "20.0 %", "0.1", "5"]  # every instance reached it
     assert table["attack"] == ["1", "20.0 %", "3.5", "4"]

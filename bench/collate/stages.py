@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 from bench.collate.render import Block, markdown_table
 
 # The order stages run in (the verifier last); others (a tool's own paths) after them.
-ORDER = ("load", "clean", "attack", "bounds:IBP", "bounds:CROWN", "bounds:alpha-CROWN",
+ORDER = ("load", "clean", "bounds:IBP", "bounds:CROWN", "attack", "bounds:alpha-CROWN",
          "verifier")
 UNDECIDED = "(undecided)"
 HEADERS = ["stage", "decided", "share", "stage time (s)", "instances reached"]

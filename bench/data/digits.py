@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 
 from bench.data import DATASETS
 from bench.data.base import Dataset
@@ -13,6 +12,10 @@ TEST_SIZE = 297  # the last 297 of the 1797 images; leaves a round 1500 for trai
 @DATASETS.register("digits")
 def load(data_dir: str | None, download: bool) -> Dataset:
     """Digits from scikit-learn's bundled copy; ``data_dir`` and ``download`` are ignored."""
+    # Imported here: scikit-learn takes seconds to import, and every command that looks the
+    # datasets up imports this module.
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     # Pixel values are integers 0..16.
     x = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)

@@ -4,7 +4,8 @@
 (``bench.verifiers.engine``), on the same ``LoadedModel`` that the ``lirpa`` and ``milp`` workers
 use: the exported ONNX file converted with onnx2torch and checked against onnxruntime on points
 of every box, so the stages reason about exactly the model a verifier sees. In order, each
-recorded as the result's ``decided_by``:
+recorded as the result's ``decided_by`` (``plan`` runs the bounds stage's IBP and CROWN just before
+the attack, alpha-CROWN after it):
 
 - ``clean``: the clean sample, run with onnxruntime; if its outputs reach the unsafe region
   (the sample is misclassified), it is the counterexample (``sat``). For our benchmarks the
@@ -131,12 +132,36 @@ class OutOfTime(Exception):
     """The instance's deadline passed between two stages."""
 
 
+QUICK_BOUNDS = ("IBP", "CROWN")  # milliseconds per box, like the attack; alpha-CROWN takes seconds
+
+
+def plan(stages: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """The steps that run ``stages``: ``(stage, bound methods)``. The bounds stage's quick
+    methods (IBP, CROWN) run just before an attack that precedes it, and alpha-CROWN where the
+    bounds stage stands: most robust samples are then proved without a wasted attack, and an
+    attack still finds counterexamples before alpha-CROWN spends seconds on them. Both stages are
+    sound, so the order changes what decides an instance, never its answer."""
+    steps: list[tuple[str, tuple[str, ...]]] = []
+    early = "bounds" in stages and "attack" in stages and (
+        stages.index("attack") < stages.index("bounds"))
+    for stage in stages:
+        if stage == "attack" and early:
+            steps.append(("bounds", QUICK_BOUNDS))
+        if stage == "bounds":
+            steps.append(("bounds", tuple(method for method in BOUND_METHODS
+                                          if not (early and method in QUICK_BOUNDS))))
+        else:
+            steps.append((stage, ()))
+    return steps
+
+
 def run_stages(model, vnnlib: str | Path, settings: CascadeSettings, eps: float | None,
                deadline: float) -> CascadeOutcome:
-    """The cheap stages on one property of ``model`` (a ``LoadedModel``), until one decides or
-    ``deadline`` (``time.monotonic()``) passes. ``eps``: the property's radius where the
-    benchmark says it (our manifests), else None (the box centre stands for the sample).
-    Raises ``WorkerError`` when the property cannot be used with the model."""
+    """The cheap stages on one property of ``model`` (a ``LoadedModel``), in the order of
+    ``plan``, until one decides or ``deadline`` (``time.monotonic()``) passes. ``eps``: the
+    property's radius where the benchmark says it (our manifests), else None (the box centre
+    stands for the sample). Raises ``WorkerError`` when the property cannot be used with the
+    model."""
     from bench.verifiers.onnx_torch import load_property
 
     outcome = CascadeOutcome()
@@ -144,17 +169,17 @@ def run_stages(model, vnnlib: str | Path, settings: CascadeSettings, eps: float 
     clock = time.perf_counter()
     disjuncts, boxes, batched = load_property(model, vnnlib, rng)
     outcome.times[LOAD] = time.perf_counter() - clock
-    runners = {"clean": lambda: _clean(model, disjuncts, boxes, eps),
-               "attack": lambda: _attack(model, disjuncts, boxes, batched, settings),
-               "bounds": lambda: _bounds(model, disjuncts, boxes, batched, settings, deadline,
-                                         outcome)}
+    bounds = _Bounds(model, disjuncts, boxes, batched, settings, outcome)
+    runners = {"clean": lambda _: _clean(model, disjuncts, boxes, eps),
+               "attack": lambda _: _attack(model, disjuncts, boxes, batched, settings),
+               "bounds": lambda methods: bounds.run(methods, deadline)}
     try:
-        for stage in settings.stages:
+        for stage, methods in plan(settings.stages):
             if time.monotonic() >= deadline:
                 raise OutOfTime(stage)
             clock = time.perf_counter()
             try:
-                found = runners[stage]()
+                found = runners[stage](methods)
             finally:
                 if stage != "bounds":  # the bounds stage times each method itself
                     outcome.times[stage] = time.perf_counter() - clock
@@ -216,38 +241,56 @@ def _attack(model, disjuncts, boxes, batched: bool, settings: CascadeSettings):
     return None
 
 
-def _bounds(model, disjuncts, boxes, batched: bool, settings: CascadeSettings, deadline: float,
-            outcome: CascadeOutcome):
-    """IBP, CROWN, alpha-CROWN in turn on the disjuncts still open; ``unsat`` once none is."""
-    from bench.verifiers._lirpa_main import bounder_for, proved, stop_target
-    from bench.verifiers.onnx_torch import WorkerError
+class _Bounds:
+    """The bounds stage on one property: IBP, CROWN, alpha-CROWN in turn on the disjuncts still
+    open, ``unsat`` once none is. It may run in parts (``run(methods)``, see ``plan``): what one
+    part proved stays proved, and a part that cannot bound ends the stage."""
 
-    open_disjuncts = []
-    for (box, specs), (_, outer) in zip(disjuncts, boxes):
-        if any(mat.shape[0] == 0 for mat, _ in specs):
+    def __init__(self, model, disjuncts, boxes, batched: bool, settings: CascadeSettings,
+                 outcome: CascadeOutcome):
+        self.model, self.batched, self.settings, self.outcome = model, batched, settings, outcome
+        self.disjuncts, self.boxes = disjuncts, boxes
+        self.open: list | None = None  # (specs, rows, stop target, samples) per open disjunct
+        self.usable = True
+
+    def _start(self, bounder) -> list:
+        from bench.verifiers._lirpa_main import stop_target
+
+        entries = []
+        for (_, specs), (_, outer) in zip(self.disjuncts, self.boxes):
+            rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, self.model.n_out)
+            # alpha-CROWN stops once every row clears its right-hand side with room to spare.
+            entries.append((specs, rows, stop_target(specs), bounder.samples(outer)))
+        return entries
+
+    def run(self, methods: tuple[str, ...], deadline: float):
+        from bench.verifiers._lirpa_main import bounder_for, proved
+        from bench.verifiers.onnx_torch import WorkerError
+
+        if any(mat.shape[0] == 0 for _, specs in self.disjuncts for mat, _ in specs):
             return None  # a spec without output constraints cannot be excluded by bounds
-        rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, model.n_out)
-        # alpha-CROWN stops once every row clears its right-hand side with room to spare.
-        open_disjuncts.append((specs, outer, rows, stop_target(specs)))
-    try:
-        bounder = bounder_for(model, batched)
-        samples = [bounder.samples(outer) for _, outer, _, _ in open_disjuncts]
-        pending = list(range(len(open_disjuncts)))
-        for method in BOUND_METHODS:
-            if time.monotonic() >= deadline:
-                raise OutOfTime(f"bounds:{method}")
-            clock = time.perf_counter()
-            still_open = []
-            for index in pending:
-                specs, _, rows, target = open_disjuncts[index]
-                lower = bounder.lower_bounds(samples[index], rows, method, stop_above=target,
-                                             iterations=settings.alpha_iterations)
-                if not proved(lower, specs):
-                    still_open.append(index)
-            outcome.times[f"bounds:{method}"] = time.perf_counter() - clock
-            pending = still_open
-            if not pending:
-                return f"bounds:{method}", None
-    except WorkerError as err:
-        outcome.notes.append(f"bounds stage skipped: {err}")
-    return None
+        if not self.usable:
+            return None
+        try:
+            bounder = bounder_for(self.model, self.batched)
+            if self.open is None:
+                self.open = self._start(bounder)
+            for method in methods:
+                if time.monotonic() >= deadline:
+                    raise OutOfTime(f"bounds:{method}")
+                clock = time.perf_counter()
+                still_open = []
+                for entry in self.open:
+                    specs, rows, target, samples = entry
+                    lower = bounder.lower_bounds(samples, rows, method, stop_above=target,
+                                                 iterations=self.settings.alpha_iterations)
+                    if not proved(lower, specs):
+                        still_open.append(entry)
+                self.outcome.times[f"bounds:{method}"] = time.perf_counter() - clock
+                self.open = still_open
+                if not still_open:
+                    return f"bounds:{method}", None
+        except WorkerError as err:
+            self.outcome.notes.append(f"bounds stage skipped: {err}")
+            self.usable = False
+        return None
