@@ -57,8 +57,9 @@ fi
 "$BENCH" check-results --results "$CHECK" | tee "$WORK/check-results.txt"
 
 step "copy the report to $REPORT"
-rm -rf "$REPORT"
+# Everything but README.md, which holds the answers written from this report.
 mkdir -p "$REPORT"
+find "$REPORT" -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 cp "$WORK/check-results.txt" "$REPORT/"
 (cd "$WORK/tables" && find . -name '*.md' -o -name '*.png' -o -name '*.csv') | while read -r file; do
     mkdir -p "$REPORT/$(dirname "$file")"
