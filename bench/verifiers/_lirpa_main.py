@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from bench.verifiers.attack import attack
-from bench.verifiers.onnx_torch import LoadedModel, WorkerError, first_line, load_property
+from bench.verifiers.onnx_torch import (LoadedModel, WorkerError, first_line, load_property,
+                                        spec_matrix)
 from bench.verifiers.worker_process import Outcome, answer
 
 # A disjunct counts as proved only if a spec row's lower bound beats its right-hand side by this
@@ -189,6 +190,12 @@ def proved(lower: np.ndarray, specs) -> bool:
     return True
 
 
+def excludable(specs) -> bool:
+    """Whether bounds can exclude the specs at all: a spec without output constraints is met by
+    every output, so no bound can prove it unreachable."""
+    return bool(specs) and all(mat.shape[0] > 0 for mat, _ in specs)
+
+
 def stop_target(specs) -> np.ndarray:
     """Per row of ``specs``: the bound past which alpha-CROWN may stop optimizing it, its
     right-hand side plus twice ``PROOF_MARGIN`` (``lower_bounds`` adds ``PROOF_MARGIN_REL``),
@@ -238,11 +245,10 @@ def verify(args: argparse.Namespace, model: LoadedModel | None = None
     details["auto_LiRPA"] = bounder.auto_LiRPA.__version__
     proved_count = 0
     for (box, specs), (_, outer) in zip(disjuncts, boxes):
-        rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, n_out)
-        if rows.shape[0] == 0 or any(mat.shape[0] == 0 for mat, _ in specs):
-            break  # a spec without output constraints cannot be excluded by bounds
-        lower = bounder.lower_bounds(bounder.samples(outer), rows, args.method,
-                                     stop_above=stop_target(specs))
+        if not excludable(specs):
+            break
+        lower = bounder.lower_bounds(bounder.samples(outer), spec_matrix(specs, n_out),
+                                     args.method, stop_above=stop_target(specs))
         if not proved(lower, specs):
             break  # one open disjunct decides "unknown"; the rest need not be bounded
         proved_count += 1

@@ -57,7 +57,7 @@ import numpy as np
 
 from bench.verifiers.attack import NearestPoints, attack
 from bench.verifiers.onnx_torch import (LoadedModel, Reference, WorkerError, first_line,
-                                        load_property, spec_holds)
+                                        load_property, spec_holds, spec_matrix)
 from bench.verifiers.worker_process import EXIT_ERROR, Outcome, answer  # noqa: F401
 
 BOUND_METHODS = {"CROWN": "backward", "alpha-CROWN": "CROWN-Optimized", "IBP": "IBP",
@@ -1104,9 +1104,9 @@ def encode_disjunct(args: argparse.Namespace, model: LoadedModel, index: int, bo
     bounds = _add_phase(phases, "bounds", {"method": args.bounds})
     layers, note = None, ""
     if args.bounds != "interval":
-        spec_rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, model.n_out)
         layers, note = lirpa_bounds(model.network, model.prepared_shape, outer, args.bounds,
-                                    model.conv_mode, spec_rows, args.alpha_iterations,
+                                    model.conv_mode, spec_matrix(specs, model.n_out),
+                                    args.alpha_iterations,
                                     deadline)
     bounds["s"] = round(bounds["s"] + time.monotonic() - clock, 4)
     _check_time(deadline)

@@ -359,6 +359,11 @@ def float32_boxes(box: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray] | None
     return inner, (lo_out, hi_out)
 
 
+def spec_matrix(specs, n_out: int) -> np.ndarray:
+    """Every spec's rows stacked, ``[rows, n_out]``: the outputs' combinations to bound."""
+    return np.concatenate([mat for mat, _ in specs]).reshape(-1, n_out)
+
+
 def spec_holds(y: np.ndarray, specs: list[tuple[np.ndarray, np.ndarray]]) -> bool:
     """Whether the outputs ``y`` reach some spec's unsafe region ``mat @ y <= rhs`` exactly."""
     return any(bool(np.all(mat @ y <= rhs)) for mat, rhs in specs)

@@ -20,7 +20,7 @@ the attack, alpha-CROWN after it):
   nearest spec's unsafe region; ``bench.verifiers.attack``). A point is reported only
   once onnxruntime confirms that it lies in the box and reaches the unsafe region exactly.
 - ``bounds``: auto_LiRPA's IBP, then CROWN, then alpha-CROWN (``alpha_iterations`` steps, stopped
-  early once every bound is positive), each tried only on the disjuncts the previous ones left
+  early once every bound clears its right-hand side), each tried only on the disjuncts the previous ones left
   open; ``unsat`` once every disjunct is proved (``decided_by`` names the last method needed:
   ``bounds:IBP``, ``bounds:CROWN``, ``bounds:alpha-CROWN``).
 
@@ -251,26 +251,28 @@ class _Bounds:
     def __init__(self, model, disjuncts, boxes, batched: bool, settings: CascadeSettings,
                  outcome: CascadeOutcome):
         self.model, self.batched, self.settings, self.outcome = model, batched, settings, outcome
+        from bench.verifiers._lirpa_main import excludable
+
         self.disjuncts, self.boxes = disjuncts, boxes
         self.open: list | None = None  # (specs, rows, stop target, samples) per open disjunct
-        self.usable = True
+        # False once a part could not bound, or from the start where no bound can decide.
+        self.usable = all(excludable(specs) for _, specs in disjuncts)
 
     def _start(self, bounder) -> list:
         from bench.verifiers._lirpa_main import stop_target
+        from bench.verifiers.onnx_torch import spec_matrix
 
         entries = []
         for (_, specs), (_, outer) in zip(self.disjuncts, self.boxes):
-            rows = np.concatenate([mat for mat, _ in specs]).reshape(-1, self.model.n_out)
             # alpha-CROWN stops once every row clears its right-hand side with room to spare.
-            entries.append((specs, rows, stop_target(specs), bounder.samples(outer)))
+            entries.append((specs, spec_matrix(specs, self.model.n_out), stop_target(specs),
+                            bounder.samples(outer)))
         return entries
 
     def run(self, methods: tuple[str, ...], deadline: float):
         from bench.verifiers._lirpa_main import bounder_for, proved
         from bench.verifiers.onnx_torch import WorkerError
 
-        if any(mat.shape[0] == 0 for _, specs in self.disjuncts for mat, _ in specs):
-            return None  # a spec without output constraints cannot be excluded by bounds
         if not self.usable:
             return None
         try:
