@@ -1,10 +1,14 @@
 """Per-level metrics: accuracies, verified accuracies, neuron instability."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 from bench.data import load_dataset
+import bench.build.metrics
 from bench.build.metrics import count_relus, level_metrics, unstable_relus_per_sample
+from bench.lirpa_compat import dense_small_conv_transpose
 from bench.models import build_model
 from bench.models.normalize import Normalizer
 
@@ -155,3 +159,41 @@ def test_a_samples_counts_do_not_depend_on_the_rest_of_its_batch():
     together = unstable_relus_per_sample(net, lower, upper)
     assert alone == {"unstable_relus": [1], "unstable_relus_ibp": [1]}
     assert together == {"unstable_relus": [1, 2], "unstable_relus_ibp": [1, 2]}
+
+
+@pytest.mark.parametrize("shape, weight, options", [
+    ((300, 8, 4, 4), (8, 1, 4, 4), {"stride": 2}),  # CROWN's patches of a strided conv
+    ((50, 16, 1, 1), (16, 8, 4, 4), {"stride": 2}),
+    ((40, 6, 5, 5), (6, 2, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1}),
+    ((40, 4, 5, 5), (4, 2, 3, 3), {"padding": 1, "dilation": 2, "groups": 2}),
+    ((3, 8, 14, 14), (8, 1, 4, 4), {"stride": 2}),  # too large for the product: torch's own
+])
+def test_dense_small_conv_transpose_computes_what_torch_does(shape, weight, options):
+    from auto_LiRPA.operators import convolution
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator)
+    w = torch.randn(weight, generator=generator)
+    expected = torch.nn.functional.conv_transpose2d(x, w, None, **options)
+    with dense_small_conv_transpose():
+        got = convolution.F.conv_transpose2d(x, w, None, **options)
+    assert convolution.F is torch.nn.functional  # restored on leaving
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_metrics_do_not_depend_on_the_dense_conv_transpose(setup, monkeypatch):
+    """The build's metrics compute CROWN's conv_transpose2d on small planes as a matrix
+    product (speed only): the same unstable ReLUs per sample and the same verified accuracies
+    as auto_LiRPA's own path, instability up to float32 rounding."""
+    fast = metrics(setup, 0.05)
+    monkeypatch.setattr(bench.build.metrics, "dense_small_conv_transpose",
+                        contextlib.nullcontext)
+    slow = metrics(setup, 0.05)
+    assert fast["per_sample"] == slow["per_sample"]
+    assert sum(fast["per_sample"]["unstable_relus"]) > 0  # the CROWN pass had work to do
+    for key in ("standard_accuracy", "pgd_accuracy", "ibp_verified_accuracy",
+                "crown_verified_accuracy", "unstable_ratio"):
+        assert fast[key] == slow[key]
+    for key in ("instability", "instability_pre_bn"):
+        assert fast[key] == pytest.approx(slow[key], rel=1e-5)

@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.config import Hyperparameters, param
-from bench.lirpa_compat import auto_LiRPA
+from bench.lirpa_compat import auto_LiRPA, dense_small_conv_transpose
 from bench.models.normalize import Normalizer
 from auto_LiRPA.bound_ops import BoundBatchNormalization, BoundRelu  # noqa: E402
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
@@ -107,9 +107,10 @@ def _ibp_then_crown(bounded, relus: list, center: torch.Tensor, lower: torch.Ten
     reference = None
     for method in ("IBP", "backward"):
         ptb = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
-        bound, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(center, ptb),), C=spec,
-                                          method=method, bound_upper=False,
-                                          reference_bounds=reference)
+        with dense_small_conv_transpose():
+            bound, _ = bounded.compute_bounds(x=(auto_LiRPA.BoundedTensor(center, ptb),),
+                                              C=spec, method=method, bound_upper=False,
+                                              reference_bounds=reference)
         found.append((bound, _unstable_per_sample(relus, len(center))))
         reference = {relu.inputs[0].name: (relu.inputs[0].lower.detach(),
                                            relu.inputs[0].upper.detach()) for relu in relus}
@@ -215,7 +216,8 @@ def level_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer
                     conv = source.inputs[0]
                     # CROWN's intermediate bounds skip the conv (BN is linear): compute them
                     # the same way, reusing the bounds already on the graph.
-                    bounded.compute_intermediate_bounds(conv)
+                    with dense_small_conv_transpose():
+                        bounded.compute_intermediate_bounds(conv)
                     pre_bn.add(index, conv.lower, conv.upper)
                 else:
                     pre_bn.add(index, source.lower, source.upper)
