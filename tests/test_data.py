@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -64,6 +66,19 @@ def test_digits_split_is_documented_and_deterministic():
     again = load_dataset("digits")
     assert torch.equal(ds.train_x, again.train_x) and torch.equal(ds.test_y, again.test_y)
     assert ds.mean == pytest.approx((float(ds.train_x.mean()),))
+
+
+def test_listing_or_loading_mnist_does_not_import_torchvision():
+    """torchvision takes seconds to import; only its own sets need it (the demo does not)."""
+    code = ("import sys\n"
+            "from bench.data import DATASETS, load_dataset\n"
+            "assert 'cifar10' in DATASETS.names()\n"
+            "load_dataset('mnist')\n"
+            "print('torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_unknown_dataset_lists_known_names():

@@ -10,17 +10,26 @@ instead of silently training on it. Missing files and failed downloads become on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from torchvision import datasets
-from torchvision.datasets import VisionDataset
 
 from bench.data import DATASETS
 from bench.data.base import Dataset
 from bench.errors import BenchError
 
+if TYPE_CHECKING:
+    from torchvision.datasets import VisionDataset
+
 DEFAULT_DATA_DIR = "~/.cache/prune-bench/data"
+
+
+def _datasets():
+    """``torchvision.datasets``, imported when one of these sets is loaded: importing torchvision
+    takes ~3 s, which every command that lists the registered datasets would otherwise pay."""
+    from torchvision import datasets
+
+    return datasets
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -62,7 +71,7 @@ def load_fashionmnist(data_dir: str | None, download: bool) -> Dataset:
 
     def split(train: bool) -> VisionDataset:
         return _open(
-            lambda dl: datasets.FashionMNIST(root, train=train, download=dl),
+            lambda dl: _datasets().FashionMNIST(root, train=train, download=dl),
             "Fashion-MNIST", root, download,
             "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
         )
@@ -90,7 +99,7 @@ def load_svhn(data_dir: str | None, download: bool) -> Dataset:
 
     def split(name: str) -> VisionDataset:
         return _open(
-            lambda dl: datasets.SVHN(root, split=name, download=dl),
+            lambda dl: _datasets().SVHN(root, split=name, download=dl),
             "SVHN", root, download, "train_32x32.mat and test_32x32.mat",
         )
 
@@ -118,7 +127,7 @@ def load_cifar10(data_dir: str | None, download: bool) -> Dataset:
 
     def split(train: bool) -> VisionDataset:
         return _open(
-            lambda dl: datasets.CIFAR10(root, train=train, download=dl),
+            lambda dl: _datasets().CIFAR10(root, train=train, download=dl),
             "CIFAR-10", root, download, "cifar-10-batches-py/",
         )
 
