@@ -9,7 +9,8 @@
 # alpha-beta-CROWN (`bench verifiers install abcrown`) checks a random 1/50 of the milp-verified
 # instances (`--shard 1/50`: a hash-chosen subset that does not depend on order), without the
 # cascade, where it is installed, into a database of its own; `bench check-results` then
-# compares it with milp on every instance both decided.
+# compares it with milp on every instance both decided. Needs `make install` (the comparison of
+# experiments reads `bench results export`, which needs the export extra: pandas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.venv/bin/bench}

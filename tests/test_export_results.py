@@ -128,3 +128,16 @@ def test_user_errors(results, tmp_path):
                                        str(tmp_path / "none.db"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "bench run" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("missing, fmt", [("pandas", "csv"), ("pyarrow", "parquet")])
+def test_a_missing_export_extra_is_a_one_line_error(results, tmp_path, monkeypatch, missing,
+                                                     fmt):
+    """pandas and pyarrow are the `export` extra, which `make demo` does not install."""
+    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import raises ImportError
+    out = tmp_path / f"x.{fmt}"
+    result = CliRunner().invoke(main, ["results", "export", "--results", str(results),
+                                       "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert missing in result.output and ".[export]" in result.output
+    assert "Traceback" not in result.output and not out.exists()

@@ -31,6 +31,7 @@ from bench.errors import BenchError
 from bench.verifiers.base import Status
 
 FORMATS = ("csv", "parquet")
+INSTALL_EXPORT = "install them with `pip install -e '.[export]'` (`make install` does)"
 FIXED_COLUMNS = (
     "benchmark", "root", "experiment_name", "experiment_hash", "seed", "verifier",
     "verifier_version", "level", "remain_ratio", "sample_index", "label", "correct", "onnx",
@@ -127,7 +128,11 @@ def _result_fields(row: dict | None, correct: Any) -> dict:
 def instance_frame(results_path: str | Path):
     """The export as a ``pandas.DataFrame``: ``FIXED_COLUMNS`` first, then the manifests'
     extra fields in alphabetical order; nullable dtypes, so a missing value stays missing."""
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ImportError as err:
+        raise BenchError(f"the per-instance export needs pandas ({err}); "
+                         f"{INSTALL_EXPORT}") from None
 
     records = instance_records(results_path)
     extra = sorted({name for record in records for name in record} - set(FIXED_COLUMNS))
@@ -162,8 +167,8 @@ def export_results(results_path: str | Path, out: str | Path, fmt: str = "csv") 
             try:
                 frame.to_parquet(partial, index=False)
             except ImportError as err:
-                raise BenchError(f"Parquet export needs pyarrow ({err}); "
-                                 "`pip install pyarrow`, or use --format csv") from None
+                raise BenchError(f"Parquet export needs pyarrow ({err}); {INSTALL_EXPORT}, "
+                                 "or use --format csv") from None
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
