@@ -114,7 +114,8 @@ def _patch_alpha_clamp(auto_lirpa) -> None:
 
 class _DenseSmallConvTranspose:
     """``torch.nn.functional`` for auto_LiRPA's convolution operator, with ``conv_transpose2d``
-    computed as one matrix product where the planes are small (see :func:`dense_small_conv_transpose`)."""
+    computed as one matrix product where the planes are small and many
+    (:func:`dense_small_conv_transpose`)."""
 
     MAX_INPUT = 4096  # entries of one input plane stack (C*H*W): the identity basis built below
     MAX_OPERATOR = 65536  # entries of the materialized operator (input entries * output entries)
@@ -130,7 +131,9 @@ class _DenseSmallConvTranspose:
 
         original = self._functional.conv_transpose2d
         per_item = input[0].numel() if input.dim() == 4 and input.shape[0] else 0
-        if bias is not None or not per_item or per_item > self.MAX_INPUT:
+        # Building the matrix costs a call on per_item planes: worth it only for more planes.
+        if (bias is not None or not per_item or per_item > self.MAX_INPUT
+                or input.shape[0] <= per_item):
             return original(input, weight, bias, *args, **kwargs)
         per_output = original(input[:1], weight, None, *args, **kwargs)[0].numel()
         if per_output * per_item > self.MAX_OPERATOR:

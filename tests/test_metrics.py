@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.data import load_dataset
 import bench.build.metrics
 from bench.build.metrics import count_relus, level_metrics, unstable_relus_per_sample
+from bench.data import load_dataset
 from bench.lirpa_compat import dense_small_conv_transpose
 from bench.models import build_model
 from bench.models.normalize import Normalizer
@@ -164,8 +164,9 @@ def test_a_samples_counts_do_not_depend_on_the_rest_of_its_batch():
 @pytest.mark.parametrize("shape, weight, options", [
     ((300, 8, 4, 4), (8, 1, 4, 4), {"stride": 2}),  # CROWN's patches of a strided conv
     ((50, 16, 1, 1), (16, 8, 4, 4), {"stride": 2}),
-    ((40, 6, 5, 5), (6, 2, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1}),
-    ((40, 4, 5, 5), (4, 2, 3, 3), {"padding": 1, "dilation": 2, "groups": 2}),
+    ((400, 6, 5, 5), (6, 2, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1}),
+    ((400, 4, 5, 5), (4, 2, 3, 3), {"padding": 1, "dilation": 2, "groups": 2}),
+    ((20, 8, 4, 4), (8, 1, 4, 4), {"stride": 2}),  # fewer planes than a plane has entries
     ((3, 8, 14, 14), (8, 1, 4, 4), {"stride": 2}),  # too large for the product: torch's own
 ])
 def test_dense_small_conv_transpose_computes_what_torch_does(shape, weight, options):
