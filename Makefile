@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH := $(VENV)/bin/bench
-# Installed: everything (the demo's packages, the tests', ray), or what `make demo` needs.
+# Installed: everything (the demo's packages, the test, ray and export extras), or what
+# `make demo` needs.
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 DEMO_CONFIG ?= configs/demo.yaml

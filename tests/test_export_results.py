@@ -139,5 +139,5 @@ def test_a_missing_export_extra_is_a_one_line_error(results, tmp_path, monkeypat
     result = CliRunner().invoke(main, ["results", "export", "--results", str(results),
                                        "--format", fmt, "--out", str(out)])
     assert result.exit_code == 2, result.output
-    assert missing in result.output and ".[export]" in result.output
+    assert missing in result.output and "prune-bench[export]" in result.output
     assert "Traceback" not in result.output and not out.exists()

@@ -52,7 +52,7 @@ def export(results_file, fmt, out_file) -> None:
     """One row per instance and verifier: benchmark, experiment, seed, level, sample, label,
     correct, status, verified, decided_by, times, memory, provenance, and every per-instance,
     per-sample and per-level field the manifests hold, for analysis in a notebook. Needs the
-    export extra (pandas, pyarrow): `pip install -e '.[export]'`, which `make install` does."""
+    export extra (pandas, pyarrow): `pip install 'prune-bench[export]'`, or `make install`."""
     from bench.collate.export import export_results
 
     rows = export_results(Path(results_file), Path(out_file), fmt)

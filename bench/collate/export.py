@@ -31,7 +31,8 @@ from bench.errors import BenchError
 from bench.verifiers.base import Status
 
 FORMATS = ("csv", "parquet")
-INSTALL_EXPORT = "install them with `pip install -e '.[export]'` (`make install` does)"
+# The same form as the ray extra's message (bench.parallel).
+INSTALL_EXPORT = "pip install 'prune-bench[export]' (in a checkout, `make install` does)"
 FIXED_COLUMNS = (
     "benchmark", "root", "experiment_name", "experiment_hash", "seed", "verifier",
     "verifier_version", "level", "remain_ratio", "sample_index", "label", "correct", "onnx",

@@ -20,8 +20,8 @@ the attack, alpha-CROWN after it):
   nearest spec's unsafe region; ``bench.verifiers.attack``). A point is reported only
   once onnxruntime confirms that it lies in the box and reaches the unsafe region exactly.
 - ``bounds``: auto_LiRPA's IBP, then CROWN, then alpha-CROWN (``alpha_iterations`` steps, stopped
-  early once every bound clears its right-hand side), each tried only on the disjuncts the previous ones left
-  open; ``unsat`` once every disjunct is proved (``decided_by`` names the last method needed:
+  early once every bound clears its right-hand side), each tried only on the disjuncts the
+  previous ones left open; ``unsat`` once every disjunct is proved (``decided_by`` names the last method needed:
   ``bounds:IBP``, ``bounds:CROWN``, ``bounds:alpha-CROWN``).
 
 Why a ``bounds`` unsat is sound against floating-point error: (1) the bounds cover the box rounded
