@@ -11,6 +11,9 @@ auto_LiRPA from GitHub is imported untouched. The five incompatibilities (see ..
 5. opset>=11 symbolics (``onnx::OneHot`` for loss fusion) are registered lazily by torch;
 6. torch 2.x's ``clamp`` passes no gradient at its bounds, and alpha-CROWN starts every ReLU slope
    at exactly 0 or 1 and clamps it to [0, 1]: alpha never moves (alpha-CROWN == CROWN).
+
+One more change is about speed only: auto_LiRPA's transposed convolutions (CROWN's backward pass
+through a convolution) run on the faster of torch's CPU kernels (``_ConvTransposeKernels``).
 """
 from __future__ import annotations
 
@@ -112,38 +115,81 @@ def _patch_alpha_clamp(auto_lirpa) -> None:
     BoundRelu._relu_mask_alpha = staticmethod(_relu_mask_alpha)
 
 
-class _DenseSmallConvTranspose:
+def _pair(value) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
+
+
+class _ConvTransposeKernels:
     """``torch.nn.functional`` for auto_LiRPA's convolution operator, with ``conv_transpose2d``
-    computed as one matrix product where the planes are small and many
-    (:func:`dense_small_conv_transpose`)."""
+    (CROWN's backward pass through a convolution) on the faster of torch's CPU kernels:
+
+    - a single output channel (the first layer of a grayscale network, e.g. every MNIST CNN):
+      torch's native kernel (``slow_conv_transpose2d``) rather than oneDNN's, which is 3-5x
+      slower there (e.g. 0.64 vs 0.14 ms for CROWN's 9 margins through the demo's first layer,
+      1 thread; ``scripts/bench_conv_transpose.py``). oneDNN stays wherever it was faster: two
+      or more output channels, groups, a bias;
+    - inside :func:`dense_small_conv_transpose` only, many small planes as one product with the
+      operator's matrix.
+
+    Each computes the same linear map; the values differ by float32 summation order."""
 
     MAX_INPUT = 4096  # entries of one input plane stack (C*H*W): the identity basis built below
     MAX_OPERATOR = 65536  # entries of the materialized operator (input entries * output entries)
 
     def __init__(self, functional):
         self._functional = functional
+        self.dense = False
 
     def __getattr__(self, name):
         return getattr(self._functional, name)
 
-    def conv_transpose2d(self, input, weight, bias=None, *args, **kwargs):
+    def conv_transpose2d(self, input, weight, bias=None, stride=1, padding=0, output_padding=0,
+                         groups=1, dilation=1):
+        args = (stride, padding, output_padding, groups, dilation)
+        if self.dense and bias is None:
+            product = self._dense(input, weight, args)
+            if product is not None:
+                return product
+        return self._kernel(input, weight, bias, args)
+
+    def _kernel(self, input, weight, bias, args):
         import torch
 
-        original = self._functional.conv_transpose2d
+        stride, padding, output_padding, groups, dilation = args
+        if (groups == 1 and weight.dim() == 4 and weight.shape[1] == 1 and input.dim() == 4
+                and bias is None and input.device.type == "cpu"
+                and input.dtype == weight.dtype):
+            return torch.ops.aten.slow_conv_transpose2d(
+                input, weight, list(weight.shape[2:]), None, _pair(stride), _pair(padding),
+                _pair(output_padding), _pair(dilation))
+        return self._functional.conv_transpose2d(input, weight, bias, stride, padding,
+                                                 output_padding, groups, dilation)
+
+    def _dense(self, input, weight, args):
+        """The product with the operator's matrix, or None where it would not pay."""
+        import torch
+
         per_item = input[0].numel() if input.dim() == 4 and input.shape[0] else 0
         # Building the matrix costs a call on per_item planes: worth it only for more planes.
-        if (bias is not None or not per_item or per_item > self.MAX_INPUT
-                or input.shape[0] <= per_item):
-            return original(input, weight, bias, *args, **kwargs)
-        per_output = original(input[:1], weight, None, *args, **kwargs)[0].numel()
+        if not per_item or per_item > self.MAX_INPUT or input.shape[0] <= per_item:
+            return None
+        per_output = self._kernel(input[:1], weight, None, args)[0].numel()
         if per_output * per_item > self.MAX_OPERATOR:
-            return original(input, weight, bias, *args, **kwargs)
+            return None
         # The operator is linear: its matrix is its image of the identity basis, exactly as the
-        # original computes it, whatever the stride, padding, dilation or groups.
+        # kernel computes it, whatever the stride, padding, dilation or groups.
         basis = torch.eye(per_item, dtype=input.dtype, device=input.device)
-        operator = original(basis.view(per_item, *input.shape[1:]), weight, None, *args, **kwargs)
+        operator = self._kernel(basis.view(per_item, *input.shape[1:]), weight, None, args)
         out = input.reshape(input.shape[0], per_item) @ operator.reshape(per_item, -1)
         return out.view(input.shape[0], *operator.shape[1:])
+
+
+def _patch_conv_transpose(auto_lirpa) -> None:
+    from auto_LiRPA.operators import convolution
+
+    functional = getattr(convolution, "F", None)
+    if functional is not None and not isinstance(functional, _ConvTransposeKernels):
+        convolution.F = _ConvTransposeKernels(convolution.F)
 
 
 @contextlib.contextmanager
@@ -152,16 +198,16 @@ def dense_small_conv_transpose():
     ``conv_transpose2d`` on many small planes (CROWN's patches of a conv layer's unstable neurons,
     tens of thousands of 8x4x4 planes per batch) as a product with the operator's matrix:
     torch's CPU kernel takes ~0.4 s per call on such batches, the product ~0.03 s. Same values up
-    to float32 summation order (relative ~1e-6). Used by the build's metrics only; the verifiers
-    keep auto_LiRPA's own path, whose verdicts the soundness margins were checked against."""
+    to float32 summation order (relative ~1e-6). Used by the build's metrics, whose batches of
+    200 boxes make such calls; a verifier's single box rarely does."""
     from auto_LiRPA.operators import convolution
 
-    functional = convolution.F
-    convolution.F = _DenseSmallConvTranspose(functional)
+    kernels = convolution.F
+    previous, kernels.dense = kernels.dense, True
     try:
         yield
     finally:
-        convolution.F = functional
+        kernels.dense = previous
 
 
 def load():
@@ -186,6 +232,7 @@ def load():
                 warnings.simplefilter = simplefilter
         _patch_named_members(auto_LiRPA)
         _patch_alpha_clamp(auto_LiRPA)
+        _patch_conv_transpose(auto_LiRPA)
         _loaded = auto_LiRPA
     return _loaded
 

@@ -178,9 +178,57 @@ def test_dense_small_conv_transpose_computes_what_torch_does(shape, weight, opti
     expected = torch.nn.functional.conv_transpose2d(x, w, None, **options)
     with dense_small_conv_transpose():
         got = convolution.F.conv_transpose2d(x, w, None, **options)
-    assert convolution.F is torch.nn.functional  # restored on leaving
+    assert not convolution.F.dense  # off again on leaving
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _conv_transpose_kernels(x, w, options) -> tuple[torch.Tensor, set[str]]:
+    """auto_LiRPA's conv_transpose2d on ``x`` and the aten kernels it ran."""
+    from auto_LiRPA.operators import convolution
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        out = convolution.F.conv_transpose2d(x, w, **options)
+    return out, {event.name for event in profile.events()}
+
+
+@pytest.mark.parametrize("shape, weight, options", [
+    ((9, 8, 14, 14), (8, 1, 4, 4), {"stride": 2, "padding": 1}),  # 9 margins, MNIST's 1st layer
+    ((53, 8, 4, 4), (8, 1, 4, 4), {"stride": 2}),  # patches of 53 unstable neurons
+    ((5, 4, 6, 6), (4, 1, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1,
+                                  "dilation": 2}),
+])
+def test_a_single_output_channel_conv_transpose_runs_torchs_native_kernel(shape, weight,
+                                                                          options):
+    """oneDNN's transposed convolution is 3-5x slower than torch's native one for a single
+    output channel (CROWN's backward pass through a grayscale network's first layer): auto_LiRPA
+    gets the native kernel there, with the same values and gradients."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator, requires_grad=True)
+    w = torch.randn(weight, generator=generator)
+    expected = torch.nn.functional.conv_transpose2d(x, w, None, **options)
+    got, kernels = _conv_transpose_kernels(x, w, options)
+    assert "aten::slow_conv_transpose2d" in kernels
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(expected.shape, generator=generator)
+    expected_grad, = torch.autograd.grad(expected, x, upstream)
+    got_grad, = torch.autograd.grad(got, x, upstream)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, weight, options", [
+    ((9, 16, 7, 7), (16, 8, 4, 4), {"stride": 2, "padding": 1}),  # 8 output channels
+    ((9, 4, 6, 6), (4, 1, 3, 3), {"groups": 2}),  # 2 output channels, one per group
+    ((9, 8, 6, 6), (8, 1, 3, 3), {"bias": torch.ones(1)}),
+])
+def test_other_conv_transposes_keep_torchs_own_kernel(shape, weight, options):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator)
+    w = torch.randn(weight, generator=generator)
+    expected = torch.nn.functional.conv_transpose2d(x, w, **options)
+    got, kernels = _conv_transpose_kernels(x, w, options)
+    assert "aten::slow_conv_transpose2d" not in kernels
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_metrics_do_not_depend_on_the_dense_conv_transpose(setup, monkeypatch):
