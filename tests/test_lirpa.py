@@ -381,6 +381,57 @@ def test_alpha_crown_stops_once_every_bound_clears_its_target(tmp_path, one_thre
     assert len(steps) < unstopped / 4, (len(steps), unstopped)
 
 
+def test_alpha_crown_gives_up_once_it_stalls_when_asked(tmp_path, one_thread):
+    """The cascade's alpha-CROWN stops once no bound can reach its target at the pace of its
+    last steps (the property goes to the verifier); without ``give_up_with`` (the lirpa
+    verifier), every step runs. Either way the bounds are sound and at least CROWN's."""
+    model, shape, rng, lo, hi, rows, bounder, samples = _mlp_bounder(tmp_path, 3)
+    crown = bounder.lower_bounds(samples, rows, "CROWN")
+    steps = _count_alpha_steps(bounder)
+    out_of_reach = crown + 1.0
+    kept_on = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=60,
+                                   stop_above=out_of_reach)
+    assert len(steps) == 60
+    steps.clear()
+    gave_up = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=60,
+                                   stop_above=out_of_reach, give_up_with=[1] * len(rows))
+    assert worker.AlphaStop.GIVE_UP_AFTER <= len(steps) < 20, len(steps)
+    assert np.all(gave_up >= crown - 1e-5) and np.all(gave_up <= kept_on + 1e-5)
+    points = lo + (hi - lo) * rng.random((2000, lo.size))
+    values = rows @ _batch_logits(model, points, shape).T
+    assert np.all(gave_up[:, None] <= values + 1e-5)
+
+
+def _alpha_stop_calls(criterion, bounds: list[list[float]]) -> list[list[bool]]:
+    return [criterion(torch.tensor([row])).reshape(-1).tolist() for row in bounds]
+
+
+def test_alpha_stop_gives_up_only_on_a_spec_none_of_whose_rows_can_reach():
+    """A spec is excluded by any one of its rows: the criterion gives up (all True) only when
+    every row of some spec stays short of its target at twice the pace of its last two steps,
+    and never before its third bound."""
+    target = np.zeros(2)
+    # One spec of two rows: row 0 has stalled far below, row 1 still climbs fast enough.
+    climbing = worker.AlphaStop(target, steps=10, spec_rows=[2])
+    calls = _alpha_stop_calls(climbing, [[-1.0, -1.0], [-0.99, -0.6], [-0.99, -0.5],
+                                         [-0.99, -0.45], [-0.99, -0.4]])
+    assert all(call == [False, False] for call in calls) and not climbing.gave_up
+    # The same rows as two specs: row 0 alone cannot reach, so the property cannot be proved.
+    split = worker.AlphaStop(target, steps=10, spec_rows=[1, 1])
+    calls = _alpha_stop_calls(split, [[-1.0, -1.0], [-0.99, -0.6], [-0.99, -0.5]])
+    assert calls == [[False, False], [False, False], [True, True]] and split.gave_up
+    # One step without a gain is not a stall while the step before it gained enough.
+    paused = worker.AlphaStop(np.zeros(1), steps=10, spec_rows=[1])
+    calls = _alpha_stop_calls(paused, [[-1.0], [-0.9], [-0.9], [-0.9]])
+    assert calls == [[False], [False], [False], [True]]
+    # Hopeless from the start, but the first two bounds are never judged.
+    early = worker.AlphaStop(target, steps=10, spec_rows=[1, 1])
+    assert _alpha_stop_calls(early, [[-5.0, -5.0], [-5.0, -5.0]]) == [[False, False]] * 2
+    # A row that cleared its target counts as reached; without spec_rows: the targets only.
+    plain = worker.AlphaStop(target, steps=10)
+    assert _alpha_stop_calls(plain, [[-5.0, 1.0]] * 4) == [[False, True]] * 4
+
+
 def test_a_failed_bound_leaves_no_state_behind(tmp_path, monkeypatch):
     """A persistent worker keeps one bounded module per model. When a computation fails (on the
     FGSM study models, auto_LiRPA 0.3's sparse alpha failed with "shape mismatch"), the next box

@@ -107,11 +107,12 @@ class Bounder:
         return Samples(lo, hi, outputs)
 
     def lower_bounds(self, samples: "Samples", rows: np.ndarray, method: str,
-                     stop_above: np.ndarray | None = None, iterations: int | None = None
-                     ) -> np.ndarray:
+                     stop_above: np.ndarray | None = None, iterations: int | None = None,
+                     give_up_with: list[int] | None = None) -> np.ndarray:
         """Lower bounds of ``rows @ y`` over the (outer) box of ``samples`` with ``method``.
         alpha-CROWN optimizes for ``iterations`` steps (auto_LiRPA's default without), and
-        stops early once every bound exceeds ``stop_above``."""
+        stops early once every bound exceeds ``stop_above``; given ``give_up_with`` (the
+        number of rows of each spec, in order), also once it stalls (``AlphaStop``)."""
         import torch
 
         lirpa = self.auto_LiRPA
@@ -119,15 +120,12 @@ class Bounder:
         C = torch.from_numpy(rows.astype(np.float32))[None]
         ptb = lirpa.PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
         if method == "alpha-CROWN":
-            threshold = None if stop_above is None else torch.from_numpy(
-                stop_above.astype(np.float32))[None]
+            steps = ALPHA_ITERATIONS if iterations is None else int(iterations)
             # Set on every call: the module keeps its options from one call to the next.
-            # auto_LiRPA 0.3 ends the optimization only when the criterion is a tensor that is
-            # all True; a bool merely zeroes the loss and every iteration still runs.
             self.module.set_bound_opts({"optimize_bound_args": {
-                "iteration": ALPHA_ITERATIONS if iterations is None else int(iterations),
-                "stop_criterion_func": (lambda lower: False) if threshold is None else
-                (lambda lower: lower - threshold > PROOF_MARGIN_REL * lower.abs())}})
+                "iteration": steps,
+                "stop_criterion_func": (lambda lower: False) if stop_above is None else
+                AlphaStop(stop_above, steps, give_up_with)}})
         try:
             lower, _ = self.module.compute_bounds(
                 x=(lirpa.BoundedTensor((lo + hi) / 2, ptb),), C=C, method=METHODS[method],
@@ -142,6 +140,59 @@ class Bounder:
         lower = lower.detach().double().numpy().reshape(-1)
         samples.check(lower, C, method)
         return lower
+
+
+class AlphaStop:
+    """alpha-CROWN's stop criterion, called by auto_LiRPA with the lower bounds of every step
+    (the first with CROWN's slopes). A row is done once it clears its threshold
+    (``stop_above``); auto_LiRPA 0.3 ends the optimization only when the criterion is a tensor
+    that is all True (a bool merely zeroes the loss and every step still runs).
+
+    Given ``spec_rows`` (rows per spec), it also ends the optimization once it has stalled: from
+    the third bound on, when some spec has no row that could reach its threshold in the steps
+    left at ``PACE`` times the larger of its last two gains. The cascade asks for this: a
+    property that alpha-CROWN cannot prove goes to the verifier anyway, and the steps after a
+    stall only delay it (on the demo, the properties alpha-CROWN proves are proved by the third
+    bound; the ones it cannot prove had gained < 0.01 a step by the fifth). The projection can
+    be wrong: a bound that stalls for two steps and then climbs again is given up on, and its
+    property goes to the verifier. Giving up decides nothing: the bounds returned are the best
+    found, and a disjunct counts as proved only if they prove it."""
+
+    PACE = 2.0
+    GIVE_UP_AFTER = 3  # bounds seen: two gains to judge the pace by
+
+    def __init__(self, stop_above: np.ndarray, steps: int, spec_rows: list[int] | None = None):
+        import torch
+
+        self.threshold = torch.from_numpy(stop_above.astype(np.float32))[None]
+        self.steps, self.spec_rows = steps, spec_rows
+        self.best: list = []  # the best bounds so far, after each of the last three steps
+        self.calls = 0
+        self.gave_up = False
+
+    def __call__(self, lower):
+        import torch
+
+        done = lower - self.threshold > PROOF_MARGIN_REL * lower.abs()
+        if self.spec_rows is None:
+            return done
+        current = lower.detach()
+        self.best = [*self.best[-2:], current if not self.best else
+                     torch.maximum(self.best[-1], current)]
+        self.calls += 1
+        if self.calls < self.GIVE_UP_AFTER:
+            return done
+        oldest, previous, best = self.best
+        gain = torch.maximum(best - previous, previous - oldest).clamp(min=0)
+        projected = best + self.PACE * (self.steps - self.calls) * gain
+        reachable = (done | (projected > self.threshold)).reshape(-1)
+        start = 0
+        for count in self.spec_rows:
+            if not bool(reachable[start:start + count].any()):
+                self.gave_up = True
+                return torch.ones_like(done)  # all True: auto_LiRPA stops here
+            start += count
+        return done
 
 
 SOUNDNESS_SAMPLES = 8  # random points of a box (besides its centre and corners) for the check
