@@ -43,7 +43,7 @@ from bench.config import BuildConfig, Hyperparameters, param
 from bench.lirpa_compat import auto_LiRPA
 from bench.training import TRAINERS
 from bench.training.base import Batch, Trainer
-from bench.training.crown_ibp import copy_buffers_back
+from bench.training.crown_ibp import copy_buffers
 from bench.training.regularizers import lirpa_preactivation_bounds
 
 from auto_LiRPA.bound_ops import BoundRelu  # noqa: E402  (after the compat import)
@@ -173,7 +173,7 @@ def fast_ibp_regularizer(bounded: nn.Module, lower: torch.Tensor, upper: torch.T
 
 class _Logits(nn.Module):
     """Holds the model under the attribute ``model``, so that the bounded module's state-dict
-    names carry the ``model.`` prefix that ``copy_buffers_back`` expects (the prefix
+    names carry the ``model.`` prefix that ``copy_buffers`` expects (the prefix
     ``CrossEntropyWrapper`` gives CROWN-IBP's bounded module)."""
 
     def __init__(self, model: nn.Module):
@@ -234,4 +234,4 @@ class IBP(Trainer):
         return lirpa_preactivation_bounds(self.bounded, self.model)
 
     def finish(self) -> None:
-        copy_buffers_back(self.bounded, self.model)
+        copy_buffers(self.bounded, self.model)
