@@ -185,13 +185,10 @@ class AlphaStop:
         oldest, previous, best = self.best
         gain = torch.maximum(best - previous, previous - oldest).clamp(min=0)
         projected = best + self.PACE * (self.steps - self.calls) * gain
-        reachable = (done | (projected > self.threshold)).reshape(-1)
-        start = 0
-        for count in self.spec_rows:
-            if not bool(reachable[start:start + count].any()):
-                self.gave_up = True
-                return torch.ones_like(done)  # all True: auto_LiRPA stops here
-            start += count
+        reachable = (done | (projected > self.threshold)).reshape(-1).numpy()
+        if not every_spec_has_a_row(reachable, self.spec_rows):
+            self.gave_up = True
+            return torch.ones_like(done)  # all True: auto_LiRPA stops here
         return done
 
 
@@ -232,12 +229,21 @@ def bounder_for(model: LoadedModel, batched: bool) -> Bounder:
 def proved(lower: np.ndarray, specs) -> bool:
     """Every spec has a row whose lower bound exceeds its right-hand side by the margin
     (``beats``): no spec's conjunction can hold anywhere in the box."""
+    if not specs:
+        return True  # no unsafe region to exclude
+    rhs = np.concatenate([rhs for _, rhs in specs])
+    return every_spec_has_a_row(beats(lower, rhs), [len(rhs) for _, rhs in specs])
+
+
+def every_spec_has_a_row(rows: np.ndarray, spec_rows: list[int]) -> bool:
+    """Whether each spec has some row flagged in ``rows`` (the specs' rows stacked in order,
+    ``spec_rows`` of them per spec): a spec, a conjunction of its rows, is excluded by any one
+    row that cannot hold."""
     start = 0
-    for mat, rhs in specs:
-        stop = start + mat.shape[0]
-        if not np.any(beats(lower[start:stop], rhs)):
+    for count in spec_rows:
+        if not np.any(rows[start:start + count]):
             return False
-        start = stop
+        start += count
     return True
 
 
