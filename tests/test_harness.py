@@ -470,3 +470,32 @@ def test_a_runner_keeps_one_supervisor_for_all_its_tools(tmp_path):
     _, alive = psutil.wait_procs([supervisor], timeout=5)
     assert not alive  # ended with the block
     run_process(["true"], timeout=5, stdout_path=out, stderr_path=err)  # one of its own, ended
+
+
+def test_a_package_found_is_looked_up_once_and_one_missing_again(tmp_path, monkeypatch):
+    """``bench run`` asks for the verifier's version and modules before every instance: what is
+    found is kept for the process, what is missing is looked up again (installed mid-run)."""
+    from bench.verifiers import base, worker
+
+    name = "prune_bench_test_late_module"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lookups = []
+    find_spec = worker.find_spec
+    monkeypatch.setattr(worker, "find_spec", lambda module: lookups.append(module)
+                        or find_spec(module))
+    assert not worker.module_found(name) and not worker.module_found(name)
+    assert lookups == [name, name]
+    (tmp_path / f"{name}.py").write_text("")
+    import importlib
+    importlib.invalidate_caches()
+    assert worker.module_found(name) and worker.module_found(name)
+    assert lookups == [name] * 3
+
+    versions = []
+    real = base.metadata.version
+    monkeypatch.setattr(base.metadata, "version", lambda package: versions.append(package)
+                        or real(package))
+    assert base.package_version("pytest") == base.package_version("pytest") == real("pytest")
+    assert base.package_version("no-such-package-prune-bench") is None
+    assert base.package_version("no-such-package-prune-bench") is None
+    assert versions.count("no-such-package-prune-bench") == 2 and versions.count("pytest") <= 1

@@ -60,11 +60,25 @@ class OwnWorker(Verifier):
         """Every module it needs can be found. Not imported: importing torch and its company
         takes seconds, and a runner or pool worker has no use for them (the worker process
         imports them; where that fails, each instance's error says why)."""
-        try:
-            return all(find_spec(module) is not None
-                       for module in (*self.modules, *WORKER_MODULES))
-        except (ImportError, ValueError):
-            return False
+        return all(module_found(module) for module in (*self.modules, *WORKER_MODULES))
+
+
+def module_found(module: str) -> bool:
+    """Whether ``module`` can be imported. A module found is kept as found for the process
+    (``bench run`` asks before every instance; a lookup costs ~0.2 ms a module); one missing is
+    looked up again, so that installing it mid-run is seen."""
+    if module in _found_modules:
+        return True
+    try:
+        found = find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+    if found:
+        _found_modules.add(module)
+    return found
+
+
+_found_modules: set[str] = set()
 
 
 def worker_environment() -> dict[str, str]:
