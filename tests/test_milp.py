@@ -342,8 +342,10 @@ def test_what_the_cascade_attack_falsifies_the_attack_decides(milp_answers, case
     case that stage falsifies is sat at once, before any bounds or MILP (never a timeout)."""
     settings = CascadeSettings(stages=("attack",))
     milp = Milp()
-    assert (milp.params["attack_restarts"], milp.params["attack_steps"]) == \
-        (settings.attack_restarts, settings.attack_steps) and settings.seed == 0
+    assert (milp.params["attack_restarts"], milp.params["attack_steps"],
+            milp.params["attack_targeted"]) == \
+        (settings.attack_restarts, settings.attack_steps, settings.attack_targeted) and \
+        settings.seed == 0
     falsified = []
     for i, case in cases.items():
         outcome = run_stages(LoadedModel(case["onnx"]), case["vnnlib"], settings, None,
@@ -426,7 +428,8 @@ def test_parameters_round_trip_to_the_worker(tmp_path):
     """Every parameter reaches the worker as given (typed, or as ``--verifier-option`` text),
     the defaults are the worker's, and bad values are refused before any instance runs."""
     params = {"bounds": "alpha-CROWN", "alpha_iterations": 7, "tighten": "none",
-              "tighten_share": 0.25, "attack_restarts": 3, "attack_steps": 0, "mip_start": False}
+              "tighten_share": 0.25, "attack_restarts": 3, "attack_steps": 0, "attack_targeted": False,
+              "mip_start": False}
     assert set(params) == set(Milp.parameters)  # every parameter is tried
     instance = Instance("b", tmp_path, "m.onnx", "p.vnnlib", 12.5)
     as_text = {name: str(value).lower() if isinstance(value, bool) else str(value)

@@ -291,7 +291,8 @@ def verify(args: argparse.Namespace, model: LoadedModel | None = None
         if inner is None:
             continue  # no float32 input lies in this box: nothing to attack
         found = attack(network, reference, inner, specs, n_out, prepared_shape,
-                       args.pgd_steps, args.pgd_restarts, batched, generator)
+                       args.pgd_steps, args.pgd_restarts, batched, generator,
+                       targeted=args.pgd_targeted)
         if found is not None:
             times["attack_s"] = time.perf_counter() - clock
             return "sat", found, {**details, **times}
@@ -334,6 +335,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", choices=sorted(METHODS), default="CROWN")
     parser.add_argument("--pgd-steps", type=int, default=100)
     parser.add_argument("--pgd-restarts", type=int, default=5)
+    parser.add_argument("--pgd-targeted", action=argparse.BooleanOptionalAction, default=True,
+                        help="besides the restarts, one start per spec aimed at that spec")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)

@@ -87,7 +87,7 @@ TIGHTENING = ("lp", "none")
 # The attack's defaults are the cascade's attack stage's (``stages.CascadeSettings``, seed 0 too):
 # the same PGD, so that an instance that stage falsifies is falsified here before any MILP runs.
 DEFAULTS = {"bounds": "CROWN", "alpha_iterations": 20, "tighten": "lp", "tighten_share": 0.5,
-            "attack_restarts": 10, "attack_steps": 20, "mip_start": True}
+            "attack_restarts": 10, "attack_steps": 20, "attack_targeted": True, "mip_start": True}
 SAMPLES = 16  # random points of the box (besides the centre) for the sanity checks
 BASIS_CHUNK_VALUES = 1 << 22  # float64 values per batched basis evaluation (32 MB)
 # Leave this much of the time limit for writing the result before the harness's hard timeout.
@@ -1071,7 +1071,8 @@ def attack_phase(args: argparse.Namespace, model: LoadedModel, disjuncts, boxes,
     import torch
 
     record = _add_phase(phases, "attack", {"restarts": args.attack_restarts,
-                                           "steps": args.attack_steps, "found": False})
+                                           "steps": args.attack_steps,
+                                           "targeted": args.attack_targeted, "found": False})
     nearest = [NearestPoints() for _ in disjuncts]
     if args.attack_restarts <= 0:
         return None, nearest
@@ -1084,7 +1085,8 @@ def attack_phase(args: argparse.Namespace, model: LoadedModel, disjuncts, boxes,
                 continue  # no float32 input lies in this box: nothing to attack
             found = attack(model.network, model.reference, inner, specs, model.n_out,
                            model.prepared_shape, args.attack_steps, args.attack_restarts,
-                           batched, generator, near, stop_at=deadline)
+                           batched, generator, near, stop_at=deadline,
+                           targeted=args.attack_targeted)
             if found is not None:
                 record["found"] = True
                 return found, nearest
@@ -1272,6 +1274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--attack-restarts", type=int, default=DEFAULTS["attack_restarts"],
                         help="PGD restarts before the MILP (0: no attack)")
     parser.add_argument("--attack-steps", type=int, default=DEFAULTS["attack_steps"])
+    parser.add_argument("--attack-targeted", action=argparse.BooleanOptionalAction,
+                        default=DEFAULTS["attack_targeted"],
+                        help="besides the restarts, one start per spec aimed at that spec")
     parser.add_argument("--mip-start", action=argparse.BooleanOptionalAction,
                         default=DEFAULTS["mip_start"],
                         help="start HiGHS from the attack's nearest miss of each spec")

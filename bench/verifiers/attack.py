@@ -59,10 +59,17 @@ def padded_specs(specs, n_out: int):
 
 def attack(network, reference: Reference, inner: tuple[np.ndarray, np.ndarray], specs,
            n_out: int, batch_shape: list[int], steps: int, restarts: int, batched: bool,
-           generator, nearest: NearestPoints | None = None, stop_at: float | None = None
-           ) -> tuple[np.ndarray, np.ndarray] | None:
-    """PGD with ``restarts`` starting points (the first is the box centre), minimizing
-    ``min_k max_i (mat_k y - rhs_k)_i``, which is <= 0 exactly when ``y`` reaches spec k.
+           generator, nearest: NearestPoints | None = None, stop_at: float | None = None,
+           targeted: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """PGD from ``restarts`` starting points (the first is the box centre) minimizing
+    ``min_k max_i (mat_k y - rhs_k)_i``, which is <= 0 exactly when ``y`` reaches spec k; with
+    ``targeted``, also from one random point per spec (for at most ``restarts`` specs: those
+    nearest at the centre), each minimizing its own spec's ``max_i (mat_k y - rhs_k)_i``.
+    The untargeted objective follows whichever spec is nearest where it stands, and misses a
+    counterexample that only a farther spec has: on the 225 properties of two demo builds that
+    reach the cascade's attack, 10 untargeted restarts found 177 counterexamples, with 9 targeted
+    starts more 182, the 177 among them (seeds 0-2: 535 and 547, none lost), for ~9 ms more an
+    attack.
     The restarts run as one batch when the network allows it, else one after another.
     Returns ``(x, y)`` confirmed by onnxruntime, or None; ``nearest`` (if given) is updated
     with every point tried. With ``stop_at`` (``time.monotonic()``) it gives up (None) once
@@ -76,32 +83,45 @@ def attack(network, reference: Reference, inner: tuple[np.ndarray, np.ndarray], 
     def excess(y: torch.Tensor) -> torch.Tensor:  # [B, K]
         return (torch.einsum("kro,bo->bkr", mats, y) - rhs).max(dim=2).values
 
+    centre = (lo + hi) / 2
     count = max(restarts, 1)
-    starts = lo + (hi - lo) * torch.rand((count, *batch_shape[1:]), generator=generator)
-    starts[0] = (lo[0] + hi[0]) / 2
+    targets = [UNTARGETED] * count
+    if targeted and specs:
+        with torch.no_grad():
+            nearest_first = excess(network(centre)).reshape(-1).argsort()
+        targets += nearest_first[:count].tolist()
+    starts = lo + (hi - lo) * torch.rand((len(targets), *batch_shape[1:]), generator=generator)
+    starts[0] = centre[0]
     starts = _clamp(starts, lo, hi)
+    targets = torch.tensor(targets)
     tried: set[bytes] = set()
-    chunk = count if batched else 1
-    for first in range(0, count, chunk):
-        found = _pgd(network, excess, reference, starts[first:first + chunk], lo, hi, inner,
-                     specs, steps, tried, nearest, stop_at)
+    chunk = len(targets) if batched else 1
+    for first in range(0, len(targets), chunk):
+        found = _pgd(network, excess, reference, starts[first:first + chunk],
+                     targets[first:first + chunk], lo, hi, inner, specs, steps, tried, nearest,
+                     stop_at)
         if found is not None:
             return found
     return None
 
 
-def _pgd(network, excess, reference: Reference, x, lo, hi, inner, specs, steps: int,
+UNTARGETED = -1  # a start's target: the nearest spec, wherever the start is
+
+
+def _pgd(network, excess, reference: Reference, x, targets, lo, hi, inner, specs, steps: int,
          tried: set[bytes], nearest: NearestPoints | None,
          stop_at: float | None) -> tuple[np.ndarray, np.ndarray] | None:
     import torch
 
     width = hi - lo
+    untargeted = targets == UNTARGETED
+    own = targets.clamp(min=0)[:, None]
     for step in range(steps + 1):
         if stop_at is not None and time.monotonic() >= stop_at:
             return None
         x = x.detach().requires_grad_(True)
         per_spec = excess(network(x))
-        value = per_spec.min(dim=1).values
+        value = per_spec.min(dim=1).values  # <= 0: some spec reached, whatever the target
         if nearest is not None:
             nearest.update(x.detach(), per_spec.detach())
         found = _confirm(reference, x.detach(), value.detach(), inner, specs, tried)
@@ -109,7 +129,8 @@ def _pgd(network, excess, reference: Reference, x, lo, hi, inner, specs, steps: 
             return found
         if step == steps:
             break
-        (grad,) = torch.autograd.grad(value.sum(), x)
+        objective = torch.where(untargeted, value, per_spec.gather(1, own)[:, 0])
+        (grad,) = torch.autograd.grad(objective.sum(), x)
         # Signed gradient steps, cosine-decayed from a quarter of the box width: large steps
         # cross ReLU regions early, small ones settle into a corner or a tie late.
         size = 0.25 * 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -36,6 +36,8 @@ class Lirpa(OwnWorker):
         "pgd_steps": Parameter(int, 100, check=at_least(0), help="steps of each PGD restart"),
         "pgd_restarts": Parameter(int, 5, check=at_least(0),
                                   help="starting points per input box (the first is its centre)"),
+        "pgd_targeted": Parameter(bool, True, help="besides the restarts, one PGD start per "
+                                                   "spec aimed at that spec alone"),
         "device": Parameter(str, "cpu", choices=("cpu",), help="the worker runs on the CPU only"),
         "seed": Parameter(int, 0, help="PGD's random starting points"),
     }
@@ -49,6 +51,7 @@ class Lirpa(OwnWorker):
         return ["--method", str(self.params["method"]),
                 "--pgd-steps", str(self.params["pgd_steps"]),
                 "--pgd-restarts", str(self.params["pgd_restarts"]),
+                "--pgd-targeted" if self.params["pgd_targeted"] else "--no-pgd-targeted",
                 "--device", str(self.params["device"]),
                 "--seed", str(self.params["seed"])]
 

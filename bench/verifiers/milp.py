@@ -51,6 +51,9 @@ class Milp(OwnWorker):
                                      help="PGD restarts before the MILP; 0: no attack"),
         "attack_steps": Parameter(int, DEFAULTS["attack_steps"], check=at_least(0),
                                   help="PGD steps per restart"),
+        "attack_targeted": Parameter(bool, DEFAULTS["attack_targeted"],
+                                     help="besides the restarts, one PGD start per spec aimed "
+                                          "at that spec alone"),
         "mip_start": Parameter(bool, DEFAULTS["mip_start"],
                                help="give HiGHS the attack's nearest miss of each spec as "
                                     "a starting point (a hint only)"),
