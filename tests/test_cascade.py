@@ -22,6 +22,7 @@ from torch.nn.utils import prune
 import fake_verifier as fv
 from bench.build.export import ExportedModel, write_benchmark
 from bench.cli import main
+from bench.errors import BenchError
 from bench.formats.folder import read_manifest
 from bench.run.results import read_rows
 from bench.run.runner import run_benchmarks
@@ -314,3 +315,41 @@ def test_bad_stages_are_refused_on_one_line(bench_dir, tmp_path, stages, message
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize("inner, kept", [("CROWN", True), ("optimized", False)])
+def test_alpha_crown_starts_from_crowns_inner_bounds_unless_told_otherwise(bench_dir, monkeypatch,
+                                                                          inner, kept):
+    """By default the cascade's alpha-CROWN keeps the inner layers' bounds that its CROWN found
+    over the same box (``alpha_intermediate``); ``optimized`` lets auto_LiRPA optimize them."""
+    import time
+
+    from bench.verifiers import _lirpa_main
+    from bench.verifiers.onnx_torch import LoadedModel
+    from bench.verifiers.stages import run_stages
+
+    given = []
+    lower_bounds = _lirpa_main.Bounder.lower_bounds
+
+    def recording(self, samples, rows, method, *args, intermediate=None, **kwargs):
+        if method == "alpha-CROWN":
+            given.append(intermediate)
+        return lower_bounds(self, samples, rows, method, *args, intermediate=intermediate,
+                            **kwargs)
+
+    monkeypatch.setattr(_lirpa_main.Bounder, "lower_bounds", recording)
+    manifest = read_manifest(bench_dir)
+    wrong = next(entry for entry in manifest["instances"]
+                 if entry["sample_index"] == WRONG_LABELS[0])  # no bound can prove it
+    settings = CascadeSettings(stages=("bounds",), alpha_intermediate=inner)
+    outcome = run_stages(LoadedModel(bench_dir / wrong["onnx"]), bench_dir / wrong["vnnlib"],
+                         settings, None, time.monotonic() + 60)
+    assert outcome.status is None and "bounds:alpha-CROWN" in outcome.times
+    assert len(given) == 1 and (given[0] is not None) == kept
+    if kept:
+        assert len(given[0]) == 2  # the MLP's two ReLU layers
+
+
+def test_alpha_intermediate_must_be_known():
+    with pytest.raises(BenchError, match="alpha_intermediate must be one of CROWN, optimized"):
+        CascadeSettings(alpha_intermediate="IBP")

@@ -402,6 +402,26 @@ def test_alpha_crown_gives_up_once_it_stalls_when_asked(tmp_path, one_thread):
     assert np.all(gave_up[:, None] <= values + 1e-5)
 
 
+def test_alpha_crown_on_crowns_inner_bounds_keeps_them_and_stays_sound(tmp_path, one_thread):
+    """Given CROWN's bounds of the ReLUs' inputs (the cascade's default), alpha-CROWN leaves
+    them as they are and optimizes the output's relaxation only: at least CROWN's bounds (better
+    on some row), and never above a sampled value."""
+    model, shape, rng, lo, hi, rows, bounder, samples = _mlp_bounder(tmp_path, 3)
+    crown = bounder.lower_bounds(samples, rows, "CROWN")
+    inner = bounder.relu_input_bounds()
+    assert len(inner) == 2  # the MLP's two ReLU layers
+    bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=20)  # every layer's
+    assert any(not torch.equal(after[0], inner[name][0])
+               for name, after in bounder.relu_input_bounds().items())
+    kept = bounder.lower_bounds(samples, rows, "alpha-CROWN", iterations=20, intermediate=inner)
+    for name, (lower, upper) in bounder.relu_input_bounds().items():
+        assert torch.equal(lower, inner[name][0]) and torch.equal(upper, inner[name][1]), name
+    assert np.all(kept >= crown - 1e-5) and np.any(kept > crown + 1e-4), (kept, crown)
+    points = lo + (hi - lo) * rng.random((2000, lo.size))
+    values = rows @ _batch_logits(model, points, shape).T
+    assert np.all(kept[:, None] <= values + 1e-5)
+
+
 def _alpha_stop_calls(criterion, bounds: list[list[float]]) -> list[list[bool]]:
     return [criterion(torch.tensor([row])).reshape(-1).tolist() for row in bounds]
 

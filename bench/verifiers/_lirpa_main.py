@@ -108,11 +108,15 @@ class Bounder:
 
     def lower_bounds(self, samples: "Samples", rows: np.ndarray, method: str,
                      stop_above: np.ndarray | None = None, iterations: int | None = None,
-                     give_up_with: list[int] | None = None) -> np.ndarray:
+                     give_up_with: list[int] | None = None,
+                     intermediate: dict | None = None) -> np.ndarray:
         """Lower bounds of ``rows @ y`` over the (outer) box of ``samples`` with ``method``.
         alpha-CROWN optimizes for ``iterations`` steps (auto_LiRPA's default without), and
         stops early once every bound exceeds ``stop_above``; given ``give_up_with`` (the
-        number of rows of each spec, in order), also once it stalls (``AlphaStop``)."""
+        number of rows of each spec, in order), also once it stalls (``AlphaStop``). Given
+        ``intermediate`` (``relu_input_bounds`` of an earlier call over the same box), it keeps
+        those bounds of the ReLUs' inputs and optimizes only the output's relaxation; without,
+        it optimizes every layer's, recomputing the inner layers' bounds at every step."""
         import torch
 
         lirpa = self.auto_LiRPA
@@ -129,7 +133,8 @@ class Bounder:
         try:
             lower, _ = self.module.compute_bounds(
                 x=(lirpa.BoundedTensor((lo + hi) / 2, ptb),), C=C, method=METHODS[method],
-                bound_upper=method == "IBP")  # auto_LiRPA's IBP computes both anyway
+                bound_upper=method == "IBP",  # auto_LiRPA's IBP computes both anyway
+                intermediate_layer_bounds=intermediate if method == "alpha-CROWN" else None)
         except Exception as err:
             # A failed computation can leave state behind in the module (slopes, bounds of the
             # last box) that makes the next box fail too: the next call gets a fresh module.
@@ -140,6 +145,19 @@ class Bounder:
         lower = lower.detach().double().numpy().reshape(-1)
         samples.check(lower, C, method)
         return lower
+
+    def relu_input_bounds(self) -> dict:
+        """The bounds of every ReLU's input that the last ``lower_bounds`` call computed, by
+        node name: what ``intermediate`` takes for a later call over the same box."""
+        from auto_LiRPA.bound_ops import BoundRelu
+
+        found = {}
+        for node in self.module.modules():
+            source = node.inputs[0] if isinstance(node, BoundRelu) else None
+            lower, upper = getattr(source, "lower", None), getattr(source, "upper", None)
+            if lower is not None and upper is not None:
+                found[source.name] = (lower.detach().clone(), upper.detach().clone())
+        return found
 
 
 class AlphaStop:
