@@ -105,29 +105,3 @@ def test_crown_ibp_natural_steps_on_the_model_match_steps_through_auto_lirpa(dig
             continue  # counted only on the model (BN uses its momentum, not this count)
         torch.testing.assert_close(value, through_lirpa[name], rtol=1e-4, atol=1e-5,
                                    msg=name)
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_the_optimizer_is_torchs_fused_one_and_steps_as_the_default_does(optimizer):
-    """``make_optimizer`` takes torch's fused kernels (cheaper on a small CNN); they must take
-    the steps torch's default loop takes, weight decay and momentum included."""
-    from bench.training.base import make_optimizer
-
-    config = make_config(optimizer=optimizer, lr=0.01, weight_decay=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    start = [torch.randn(shape, generator=generator) for shape in ((8, 1, 4, 4), (8,), (10, 64))]
-    gradients = [[torch.randn(p.shape, generator=generator) for p in start] for _ in range(5)]
-    trained = []
-    for fused in (True, False):
-        params = [p.clone().requires_grad_(True) for p in start]
-        made = make_optimizer(config, params)
-        assert made.defaults["fused"] is True
-        step = made if fused else type(made)(params, **{**made.defaults, "fused": None})
-        for grads in gradients:
-            for p, g in zip(params, grads):
-                p.grad = g.clone()
-            step.step()
-        trained.append(params)
-    for fused, default in zip(*trained):
-        torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(trained[0][0], start[0])
