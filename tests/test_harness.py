@@ -475,20 +475,20 @@ def test_a_runner_keeps_one_supervisor_for_all_its_tools(tmp_path):
 def test_a_package_found_is_looked_up_once_and_one_missing_again(tmp_path, monkeypatch):
     """``bench run`` asks for the verifier's version and modules before every instance: what is
     found is kept for the process, what is missing is looked up again (installed mid-run)."""
-    from bench.verifiers import base, worker
+    from bench.verifiers import base
 
     name = "prune_bench_test_late_module"
     monkeypatch.syspath_prepend(str(tmp_path))
     lookups = []
-    find_spec = worker.find_spec
-    monkeypatch.setattr(worker, "find_spec", lambda module: lookups.append(module)
+    find_spec = base.find_spec
+    monkeypatch.setattr(base, "find_spec", lambda module: lookups.append(module)
                         or find_spec(module))
-    assert not worker.module_found(name) and not worker.module_found(name)
+    assert not base.module_found(name) and not base.module_found(name)
     assert lookups == [name, name]
     (tmp_path / f"{name}.py").write_text("")
     import importlib
     importlib.invalidate_caches()
-    assert worker.module_found(name) and worker.module_found(name)
+    assert base.module_found(name) and base.module_found(name)
     assert lookups == [name] * 3
 
     versions = []

@@ -18,13 +18,12 @@ import json
 import math
 import os
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 from typing import ClassVar
 
 from bench.formats.folder import Instance
 from bench.parallel import one_thread_environment
-from bench.verifiers.base import Command, Status, Verdict, Verifier
+from bench.verifiers.base import Command, Status, Verdict, Verifier, module_found
 from bench.verifiers.vnncomp_format import parse_counterexample
 
 RESULT_FILE = "result.txt"
@@ -61,24 +60,6 @@ class OwnWorker(Verifier):
         takes seconds, and a runner or pool worker has no use for them (the worker process
         imports them; where that fails, each instance's error says why)."""
         return all(module_found(module) for module in (*self.modules, *WORKER_MODULES))
-
-
-def module_found(module: str) -> bool:
-    """Whether ``module`` can be imported. A module found is kept as found for the process
-    (``bench run`` asks before every instance; a lookup costs ~0.2 ms a module); one missing is
-    looked up again, so that installing it mid-run is seen."""
-    if module in _found_modules:
-        return True
-    try:
-        found = find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-    if found:
-        _found_modules.add(module)
-    return found
-
-
-_found_modules: set[str] = set()
 
 
 def worker_environment() -> dict[str, str]:
