@@ -317,10 +317,11 @@ class _Bounds:
                                                  if self.settings.alpha_give_up else None,
                                                  intermediate=self.crown_bounds.get(id(samples))
                                                  if method == "alpha-CROWN" else None)
+                    if proved(lower, specs):
+                        continue
+                    still_open.append(entry)
                     if method == "CROWN" and self.settings.alpha_intermediate == "CROWN":
                         self.crown_bounds[id(samples)] = bounder.relu_input_bounds()
-                    if not proved(lower, specs):
-                        still_open.append(entry)
                 self.outcome.times[f"bounds:{method}"] = time.perf_counter() - clock
                 self.open = still_open
                 if not still_open:
